@@ -1,0 +1,336 @@
+// simq-broker's socket loop (see broker.h). Decisions live in Dispatcher and Liveness;
+// this file only decodes, calls them, and encodes.
+#include "broker.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <utility>
+
+#include "simq/errors.h"
+#include "simq/signals.h"
+
+namespace simq {
+
+namespace {
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Logs the first few refusals of a kind, then one in a thousand: a flood of garbage must
+// not become a flood of log lines.
+bool worth_logging(uint64_t count) { return count <= 10 || count % 1000 == 0; }
+
+std::string bind_router(zmq::socket_t& socket, const std::string& endpoint, const char* flag) {
+  configure_socket(socket);
+  socket.set(zmq::sockopt::router_mandatory, 1);
+  try {
+    socket.bind(endpoint);
+  } catch (const zmq::error_t& e) {
+    throw ConfigError(fmt::format("{}: cannot bind {}: {}", flag, endpoint, e.what()));
+  }
+  return socket.get(zmq::sockopt::last_endpoint);
+}
+
+}  // namespace
+
+Broker::Broker(zmq::context_t& context, BrokerOptions options)
+    : options_(std::move(options)),
+      frontend_(context, zmq::socket_type::router),
+      backend_(context, zmq::socket_type::router),
+      store_(options_.redis),
+      liveness_(options_.heartbeat_ms, options_.liveness) {
+  frontend_endpoint_ = bind_router(frontend_, options_.frontend, "--frontend");
+  backend_endpoint_ = bind_router(backend_, options_.backend, "--backend");
+}
+
+void Broker::recover() {
+  // Redis is the source of truth: every sweep still in the active set is queued again,
+  // except the jobs that already have a terminal record. Jobs that were running when the
+  // previous broker stopped get their next attempt number.
+  for (const auto& id : store_.active_sweeps()) {
+    const auto info = store_.sweep(id);
+    if (!info) {
+      spdlog::warn("active sweep {} has no record in Redis; skipped", id);
+      continue;
+    }
+    std::vector<bool> finished(info->total, false);
+    for (const auto& key : store_.redis().command({"HKEYS", jobs_key(id)}).elements) {
+      const uint64_t index = std::stoull(key.str);
+      if (index < info->total) finished[index] = true;
+    }
+    uint64_t requeued = 0;
+    const auto running = store_.redis().command({"HGETALL", running_key(id)});
+    for (size_t i = 0; i + 1 < running.elements.size(); i += 2) {
+      const uint64_t index = std::stoull(running.elements[i].str);
+      if (index >= info->total || finished[index]) continue;
+      const auto mark = Json::parse(running.elements[i + 1].str, nullptr, false);
+      const uint32_t attempts = mark.is_object() ? mark.value("attempts", 1u) : 1u;
+      dispatcher_.add_job(JobRef{id, index, attempts + 1});
+      finished[index] = true;  // queued now; not again in the ranges below
+      ++requeued;
+    }
+    uint64_t queued = requeued;
+    for (uint64_t first = 0; first < info->total;) {
+      if (finished[first]) {
+        ++first;
+        continue;
+      }
+      uint64_t end = first;
+      while (end < info->total && !finished[end]) ++end;
+      dispatcher_.add_range(id, first, end - first);
+      queued += end - first;
+      first = end;
+    }
+    spdlog::info("recovered sweep {}: {} of {} jobs queued ({} were running)", id, queued,
+                 info->total, requeued);
+  }
+}
+
+void Broker::refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
+                    const std::string& code, const std::string& message) {
+  if (!send(socket, Command::kError, encode(ErrorMsg{req, code, message}), &identity)) {
+    ++counters_.unroutable;
+  }
+}
+
+void Broker::on_frontend(const Envelope& message) {
+  switch (message.command) {
+    case Command::kSubmit:
+      on_submit(message);
+      return;
+    case Command::kPing: {
+      const auto ping = decode_ping(message.body);
+      uint64_t slots = 0;
+      for (const auto& [id, info] : workers_) slots += info.slots;
+      const PongMsg pong{ping.req, workers_.size(), slots, dispatcher_.queued(),
+                         dispatcher_.in_flight()};
+      if (!send(frontend_, Command::kPong, encode(pong), &message.identity)) ++counters_.unroutable;
+      return;
+    }
+    default:
+      ++counters_.malformed;
+      refuse(frontend_, message.identity, 0, "bad_command",
+             fmt::format("{} is not a client command{}", command_name(message.command),
+                         message.command == Command::kHello
+                             ? " (workers connect to the broker's backend endpoint)"
+                             : ""));
+  }
+}
+
+void Broker::on_submit(const Envelope& message) {
+  const auto submit = decode_submit(message.body);
+  SweepSpec spec;
+  try {
+    spec = SweepSpec::from_json(submit.spec, "SUBMIT spec");
+  } catch (const ConfigError& e) {
+    ++counters_.malformed;
+    refuse(frontend_, message.identity, submit.req, "bad_spec", e.what());
+    return;
+  }
+  bool created = false;
+  try {
+    created = store_.create_sweep(submit.sweep_id, spec, options_.result_ttl_s);
+  } catch (const Error& e) {
+    // Not recorded, so not acknowledged: the client retries.
+    spdlog::warn("cannot record sweep {}: {}", submit.sweep_id, e.what());
+    refuse(
+        frontend_, message.identity, submit.req, "store_unavailable",
+        fmt::format("cannot record the sweep in Redis at {}: {}", options_.redis.url(), e.what()));
+    return;
+  }
+  if (created) {
+    dispatcher_.add_range(submit.sweep_id, 0, spec.total());
+    ++counters_.submitted;
+    spdlog::info("sweep {} submitted: {} jobs of kernel {}", submit.sweep_id, spec.total(),
+                 spec.kernel);
+  }
+  const SubmittedMsg reply{submit.req, submit.sweep_id, spec.total(), !created};
+  if (!send(frontend_, Command::kSubmitted, encode(reply), &message.identity)) {
+    ++counters_.unroutable;
+  }
+}
+
+void Broker::on_backend(const Envelope& message) {
+  const auto& worker = message.identity;
+  const int64_t now = now_ms();
+  if (message.command == Command::kHello) {
+    const auto hello = decode_hello(message.body);
+    if (dispatcher_.has_worker(worker)) drop_worker(worker, "said HELLO again");
+    dispatcher_.add_worker(worker, hello.slots);
+    workers_[worker] = WorkerInfo{hello.name, hello.slots};
+    liveness_.touch(worker, now);
+    spdlog::info("worker {} joined with {} slots", hello.name, hello.slots);
+    send_to_worker(worker, Command::kWelcome,
+                   encode(WelcomeMsg{static_cast<uint64_t>(options_.heartbeat_ms),
+                                     static_cast<uint64_t>(options_.liveness)}));
+    return;
+  }
+  if (!dispatcher_.has_worker(worker)) {
+    if (message.command == Command::kBye) return;
+    // Dropped earlier (missed heartbeats) or never said HELLO: its jobs were requeued.
+    refuse(backend_, worker, 0, "unknown_worker", "unknown worker: send HELLO first");
+    return;
+  }
+  liveness_.touch(worker, now);
+  switch (message.command) {
+    case Command::kDone:
+      for (const auto& done : decode_done(message.body).jobs) {
+        if (!dispatcher_.complete(worker, done.job)) ++counters_.late_done;
+      }
+      return;
+    case Command::kHeartbeat:
+      decode_empty(message.body, "HEARTBEAT");
+      return;
+    case Command::kBye:
+      drop_worker(worker, "said BYE");
+      return;
+    default:
+      ++counters_.malformed;
+      refuse(backend_, worker, 0, "bad_command",
+             fmt::format("{} is not a worker command", command_name(message.command)));
+  }
+}
+
+void Broker::send_to_worker(const WorkerId& worker, Command command, const std::string& body) {
+  if (send(backend_, command, body, &worker)) {
+    liveness_.sent(worker, now_ms());
+    return;
+  }
+  ++counters_.unroutable;
+  if (dispatcher_.has_worker(worker)) drop_worker(worker, "is unreachable");
+}
+
+void Broker::drop_worker(const WorkerId& worker, const char* why) {
+  const auto jobs = dispatcher_.remove_worker(worker);
+  counters_.requeued += jobs.size();
+  liveness_.forget(worker);
+  const auto it = workers_.find(worker);
+  const std::string name = it == workers_.end() ? worker : it->second.name;
+  if (it != workers_.end()) workers_.erase(it);
+  spdlog::log(jobs.empty() ? spdlog::level::info : spdlog::level::warn,
+              "worker {} {}: {} jobs in flight requeued", name, why, jobs.size());
+}
+
+void Broker::dispatch() {
+  for (;;) {
+    auto assignments = dispatcher_.dispatch(options_.max_batch);
+    if (assignments.empty()) return;
+    for (auto& assignment : assignments) {
+      send_to_worker(assignment.worker, Command::kDispatch,
+                     encode(DispatchMsg{std::move(assignment.jobs)}));
+    }
+  }
+}
+
+void Broker::heartbeat(int64_t now) {
+  for (const auto& worker : liveness_.expire(now)) {
+    ++counters_.workers_lost;
+    drop_worker(worker, fmt::format("missed heartbeats for {} ms",
+                                    options_.heartbeat_ms * options_.liveness)
+                            .c_str());
+  }
+  for (const auto& worker : liveness_.due_heartbeats(now)) {
+    if (!send(backend_, Command::kHeartbeat, encode_empty(), &worker)) ++counters_.unroutable;
+  }
+}
+
+void Broker::publish_status() {
+  Json workers = Json::array();
+  for (const auto& [id, info] : workers_) {
+    workers.push_back(
+        {{"name", info.name}, {"slots", info.slots}, {"in_flight", dispatcher_.in_flight(id)}});
+  }
+  const Json status = {{"frontend", frontend_endpoint_},         {"backend", backend_endpoint_},
+                       {"workers", std::move(workers)},          {"queued", dispatcher_.queued()},
+                       {"in_flight", dispatcher_.in_flight()},   {"malformed", counters_.malformed},
+                       {"unroutable", counters_.unroutable},     {"late_done", counters_.late_done},
+                       {"workers_lost", counters_.workers_lost}, {"updated_at", unix_time()}};
+  static bool warned = false;
+  try {
+    store_.put_broker_status(status,
+                             std::chrono::milliseconds(options_.heartbeat_ms * options_.liveness));
+    if (warned) spdlog::info("Redis at {} is reachable again", options_.redis.url());
+    warned = false;
+  } catch (const Error& e) {
+    if (!warned) spdlog::warn("cannot publish status: {}", e.what());
+    warned = true;
+  }
+}
+
+void Broker::run() {
+  recover();
+  spdlog::info("serving clients on {} and workers on {} (Redis {})", frontend_endpoint_,
+               backend_endpoint_, options_.redis.url());
+  zmq::pollitem_t items[] = {{frontend_.handle(), 0, ZMQ_POLLIN, 0},
+                             {backend_.handle(), 0, ZMQ_POLLIN, 0}};
+  const int64_t tick_ms = std::max(10, options_.heartbeat_ms / 4);
+  int64_t next_tick = now_ms();
+  int64_t next_status = next_tick;
+  while (!stop_requested()) {
+    const int64_t wait = std::max<int64_t>(0, next_tick - now_ms());
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(wait));
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;
+      throw;
+    }
+    // Drain both sockets in turns; bounded so neither starves the other or the timers.
+    for (int round = 0; round < 512; ++round) {
+      bool any = false;
+      for (int i = 0; i < 2; ++i) {
+        auto& socket = i == 0 ? frontend_ : backend_;
+        std::optional<Envelope> message;
+        try {
+          message = receive(socket, true);
+          if (!message) continue;
+          any = true;
+          i == 0 ? on_frontend(*message) : on_backend(*message);
+        } catch (const FrameError& e) {
+          any = true;
+          if (worth_logging(++counters_.malformed)) {
+            spdlog::warn("refused a message on the {}: {} ({} refused so far)",
+                         i == 0 ? "frontend" : "backend", e.what(), counters_.malformed);
+          }
+          refuse(socket, e.identity(), 0, e.code(), e.what());
+        } catch (const ProtocolError& e) {
+          if (worth_logging(++counters_.malformed)) {
+            spdlog::warn("refused a {} on the {}: {} ({} refused so far)",
+                         command_name(message->command), i == 0 ? "frontend" : "backend", e.what(),
+                         counters_.malformed);
+          }
+          refuse(socket, message->identity, 0, "bad_body", e.what());
+        } catch (const std::exception& e) {
+          // Anything else a message provoked: counted and logged, never fatal.
+          ++counters_.malformed;
+          spdlog::error("error handling a message on the {}: {}", i == 0 ? "frontend" : "backend",
+                        e.what());
+        }
+      }
+      if (!any) break;
+    }
+    dispatch();
+    const int64_t now = now_ms();
+    if (now >= next_tick) {
+      heartbeat(now);
+      next_tick = now + tick_ms;
+    }
+    if (now >= next_status) {
+      publish_status();
+      next_status = now + options_.heartbeat_ms;
+    }
+  }
+  spdlog::info("stopping: {} jobs queued and {} in flight stay recorded in Redis",
+               dispatcher_.queued(), dispatcher_.in_flight());
+  try {
+    store_.redis().command({"DEL", kBrokerKey});
+  } catch (const Error&) {
+    // Redis is gone too; the snapshot expires by itself.
+  }
+}
+
+}  // namespace simq

@@ -1,0 +1,83 @@
+// simq-broker's socket loop: a ROUTER for clients (frontend) and one for workers (backend).
+// It moves messages in and out of the Dispatcher and Liveness, records submissions in
+// Redis before acknowledging them, and publishes a status snapshot to Redis.
+// Not thread-safe: run() owns the sockets; construct and run on one thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <zmq.hpp>
+
+#include "dispatcher.h"
+#include "liveness.h"
+#include "simq/protocol.h"
+#include "simq/store.h"
+
+namespace simq {
+
+struct BrokerOptions {
+  std::string frontend = "tcp://*:5555";  // clients connect here (SUBMIT, PING)
+  std::string backend = "tcp://*:5556";   // workers connect here
+  RedisAddress redis;
+  int heartbeat_ms = 1000;  // heartbeat interval both ways, milliseconds
+  int liveness = 3;         // a worker silent for heartbeat_ms * liveness is dead
+  uint64_t result_ttl_s = kDefaultResultTtlSeconds;  // records expire this long after a sweep
+                                                     // finishes; 0 = never
+  uint32_t max_batch = 256;                          // most jobs in one DISPATCH
+};
+
+// What went wrong with traffic, for logs and `simq status`.
+struct BrokerCounters {
+  uint64_t malformed = 0;     // messages refused (bad frames, version, command, body)
+  uint64_t unroutable = 0;    // messages to peers that were gone
+  uint64_t late_done = 0;     // DONE for jobs not in flight on that worker (late, duplicate)
+  uint64_t workers_lost = 0;  // workers dropped for missed heartbeats
+  uint64_t requeued = 0;      // jobs returned to the queue from lost workers
+  uint64_t submitted = 0;     // sweeps recorded and queued
+};
+
+class Broker {
+ public:
+  Broker(zmq::context_t& context, BrokerOptions options);
+
+  // Serves until stop_requested() (simq/signals.h). Rebuilds the queue of unfinished sweeps
+  // from Redis first. Throws ConnectError if Redis cannot be reached at start.
+  void run();
+
+  // Endpoints actually bound (a "*" port resolved), valid after construction.
+  const std::string& frontend_endpoint() const { return frontend_endpoint_; }
+  const std::string& backend_endpoint() const { return backend_endpoint_; }
+  const BrokerCounters& counters() const { return counters_; }
+
+ private:
+  struct WorkerInfo {
+    std::string name;
+    uint32_t slots = 0;
+  };
+
+  void recover();
+  void on_frontend(const Envelope& message);
+  void on_backend(const Envelope& message);
+  void on_submit(const Envelope& message);
+  void refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
+              const std::string& code, const std::string& message);
+  void send_to_worker(const WorkerId& worker, Command command, const std::string& body);
+  void drop_worker(const WorkerId& worker, const char* why);
+  void dispatch();
+  void heartbeat(int64_t now_ms);
+  void publish_status();
+
+  BrokerOptions options_;
+  zmq::socket_t frontend_;
+  zmq::socket_t backend_;
+  std::string frontend_endpoint_;
+  std::string backend_endpoint_;
+  Store store_;
+  Dispatcher dispatcher_;
+  Liveness liveness_;
+  std::unordered_map<WorkerId, WorkerInfo> workers_;
+  BrokerCounters counters_;
+};
+
+}  // namespace simq

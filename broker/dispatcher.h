@@ -1,0 +1,151 @@
+// The broker's scheduling decisions: queued jobs, worker credit, jobs in flight.
+// Plain logic, no sockets and no clocks, so unit tests drive it directly.
+// Not thread-safe: owned by the broker's socket loop.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "simq/job.h"
+
+namespace simq {
+
+using WorkerId = std::string;  // the worker's ZeroMQ routing id
+
+struct Assignment {
+  WorkerId worker;
+  std::vector<JobRef> jobs;  // never more than the worker's free credit
+};
+
+class Dispatcher {
+ public:
+  // Queues jobs [first, first+count) of a sweep behind everything already queued (FIFO
+  // across sweeps). A range costs O(1) memory however large it is.
+  void add_range(const std::string& sweep, uint64_t first, uint64_t count);
+
+  // Queues single jobs (recovered from Redis or requeued) behind everything queued.
+  void add_job(const JobRef& job);
+
+  // A worker joins with `credit` slots; it has none in flight.
+  void add_worker(const WorkerId& worker, uint32_t credit);
+  bool has_worker(const WorkerId& worker) const;
+
+  // A worker is gone (missed heartbeats, BYE). Its in-flight jobs go back to the FRONT of
+  // the queue with attempt+1, in the order they were dispatched; they are returned too.
+  std::vector<JobRef> remove_worker(const WorkerId& worker);
+
+  // A worker reports a job finished. Returns false (and changes nothing) if that job is not
+  // in flight on that worker with that attempt: a late or duplicate report.
+  bool complete(const WorkerId& worker, const JobRef& job);
+
+  // Hands queued jobs to workers with free credit, at most `max_batch` per worker per
+  // call, FIFO in job order, spreading across workers (the worker served longest ago first).
+  std::vector<Assignment> dispatch(uint32_t max_batch);
+
+  // Drops every queued job of a sweep (not those in flight). Returns how many.
+  uint64_t drop_sweep(const std::string& sweep);
+
+  uint64_t queued() const;     // jobs waiting, ranges counted by their length
+  uint64_t in_flight() const;  // jobs dispatched and not completed
+  uint32_t free_credit(const WorkerId& worker) const;  // 0 for unknown workers
+  uint32_t in_flight(const WorkerId& worker) const;    // 0 for unknown workers
+  size_t workers() const;
+
+ private:
+  // Memory is O(queue entries + in-flight jobs + workers + live sweeps); per-job work is O(1)
+  // amortised and, once warm, dispatch/complete allocate nothing but the JobRef strings.
+
+  // Queued jobs [first, first+count) of one sweep, all at the same attempt. A range is one
+  // entry; single jobs are entries of count 1 (merged with a neighbour when contiguous).
+  struct Entry {
+    uint64_t first = 0;
+    uint64_t count = 0;
+    uint32_t sweep = 0;  // handle into sweeps_
+    uint32_t attempt = 1;
+  };
+
+  // An interned sweep id. `refs` counts the queue entries and in-flight jobs naming it; at 0
+  // the handle is recycled, so a long-running broker does not keep every sweep id ever seen.
+  struct Sweep {
+    std::string name;
+    uint64_t refs = 0;
+  };
+
+  struct JobKey {
+    uint32_t sweep = 0;
+    uint64_t index = 0;
+    bool operator==(const JobKey&) const = default;
+  };
+  struct JobKeyHash {
+    size_t operator()(const JobKey& key) const noexcept;
+  };
+
+  struct Worker;
+  struct InFlight;
+  using InFlightEntry = std::pair<const JobKey, InFlight>;
+  // One dispatched job. Records of one worker form a doubly linked list in dispatch order
+  // (unordered_map nodes do not move), so complete() unlinks in O(1) and remove_worker()
+  // requeues in dispatch order.
+  struct InFlight {
+    Worker* worker = nullptr;
+    uint32_t attempt = 1;
+    InFlightEntry* prev = nullptr;
+    InFlightEntry* next = nullptr;
+  };
+  using InFlightMap = std::unordered_map<JobKey, InFlight, JobKeyHash>;
+
+  struct Worker {
+    WorkerId id;
+    uint32_t credit = 0;
+    uint32_t in_flight = 0;
+    bool served = false;              // in served_ (else in unserved_)
+    InFlightEntry* oldest = nullptr;  // head of this worker's in-flight list
+    InFlightEntry* newest = nullptr;  // tail
+
+    uint32_t free() const { return credit > in_flight ? credit - in_flight : 0; }
+  };
+  using WorkerList = std::list<Worker>;
+
+  // A dispatch candidate: how many jobs it may take this call and how many it gets.
+  struct Share {
+    WorkerList::iterator worker;
+    uint32_t cap = 0;
+    uint32_t count = 0;
+  };
+
+  uint32_t intern(const std::string& sweep);
+  void unref(uint32_t sweep, uint64_t count = 1);
+  void push_back(uint32_t sweep, uint64_t first, uint64_t count, uint32_t attempt);
+  void push_front(uint32_t sweep, uint64_t index, uint32_t attempt);
+  bool track(Worker& worker, const JobKey& key, uint32_t attempt);
+  void untrack(InFlightMap::iterator it);
+  void split_evenly(uint64_t jobs);
+  void add_shares(WorkerList& workers, uint32_t max_batch, uint64_t& capacity);
+
+  std::deque<Entry> queue_;
+  uint64_t queued_ = 0;
+
+  std::deque<Sweep> sweeps_;           // by handle; a deque so names never move (views below)
+  std::vector<uint32_t> free_sweeps_;  // recycled handles
+  std::unordered_map<std::string_view, uint32_t> sweep_handles_;  // keys view Sweep::name
+
+  // Serving order: unserved_ in joining order, then served_ least recently served first; a
+  // worker served by dispatch() moves to the back of served_. List nodes never move (splice
+  // keeps them), so the index's keys view Worker::id and in-flight records point at workers.
+  WorkerList unserved_;
+  WorkerList served_;
+  std::unordered_map<std::string_view, WorkerList::iterator> worker_index_;
+  uint64_t free_credit_ = 0;  // sum over workers, lets an idle dispatch() return at once
+
+  InFlightMap in_flight_;
+  std::vector<InFlightMap::node_type> spare_nodes_;  // completed nodes, reused by track()
+  std::vector<Share> shares_;                        // dispatch() scratch
+};
+
+}  // namespace simq

@@ -1,0 +1,117 @@
+// simq's Redis schema (docs/redis-schema.md is its specification): sweep records, job
+// records, running marks, per-sweep completion streams, the broker's status snapshot.
+// Every key name is built here and nowhere else. Not thread-safe: one Store per thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "simq/job.h"
+#include "simq/json.h"
+#include "simq/redis.h"
+#include "simq/sweep.h"
+
+namespace simq {
+
+inline constexpr uint64_t kDefaultResultTtlSeconds = 7 * 24 * 3600;
+
+// Key names (docs/redis-schema.md).
+std::string sweep_key(const std::string& sweep);          // HASH   the sweep record
+std::string jobs_key(const std::string& sweep);           // HASH   index -> terminal job record
+std::string running_key(const std::string& sweep);        // HASH   index -> running mark
+std::string events_key(const std::string& sweep);         // STREAM completions
+inline constexpr const char* kSweepsKey = "simq:sweeps";  // ZSET id -> created_at
+inline constexpr const char* kActiveKey = "simq:active";  // SET  unfinished sweep ids
+inline constexpr const char* kBrokerKey = "simq:broker";  // STRING broker status JSON
+
+// Seconds since the Unix epoch, with sub-millisecond precision.
+double unix_time();
+
+// A new sweep id: time-ordered, 12 characters of [0-9a-z].
+std::string new_sweep_id();
+
+struct SweepInfo {
+  std::string id;
+  std::string name;
+  std::string kernel;
+  std::string status;  // "running" or "done"
+  std::string spec;    // SweepSpec::to_json() as text
+  uint64_t total = 0;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+  double created_at = 0;   // unix seconds
+  double finished_at = 0;  // unix seconds, 0 while running
+  uint64_t ttl_s = 0;      // records expire this long after the sweep finished; 0 = never
+
+  uint64_t done() const { return succeeded + failed; }
+};
+
+// A job that started or finished, with its record as JSON text (docs/redis-schema.md).
+struct JobWrite {
+  JobRef job;
+  bool ok = true;      // finished: succeeded or failed; unused for running marks
+  std::string record;  // JSON object
+};
+
+struct FinishCounts {
+  uint64_t stored = 0;      // new terminal records
+  uint64_t duplicates = 0;  // a terminal record existed already: discarded
+  uint64_t orphans = 0;     // the sweep does not exist (expired or never recorded): discarded
+};
+
+struct StreamEvent {
+  std::string id;           // stream entry id
+  uint64_t index = 0;       // job index
+  bool ok = true;           // succeeded
+  bool sweep_done = false;  // the final entry: every job has a terminal record
+};
+
+class Store {
+ public:
+  explicit Store(RedisAddress address);
+
+  // Records a sweep (record, index, active set) atomically. Returns false if the id exists:
+  // then nothing is written (resubmission is idempotent).
+  bool create_sweep(const std::string& id, const SweepSpec& spec, uint64_t ttl_s);
+
+  std::optional<SweepInfo> sweep(const std::string& id);
+  std::vector<SweepInfo> sweeps(size_t limit);  // newest first; drops expired ids from the index
+  std::vector<std::string> active_sweeps();
+
+  // Running marks, one pipelined round trip for the batch.
+  void mark_running(const std::vector<JobWrite>& jobs);
+
+  // Terminal records: one atomic script per sweep in the batch, all pipelined. A record is
+  // stored only if the job has none yet; counters and the stream are updated with it.
+  FinishCounts finish(const std::vector<JobWrite>& jobs);
+
+  std::optional<std::string> job_record(const std::string& sweep, uint64_t index);
+  std::optional<std::string> running_record(const std::string& sweep, uint64_t index);
+  // Terminal records of jobs [first, first+count), std::nullopt where none.
+  std::vector<std::optional<std::string>> job_records(const std::string& sweep, uint64_t first,
+                                                      uint64_t count);
+
+  // Completion events after `after` ("0" = from the start), waiting up to `block` for the
+  // first one. Empty on timeout.
+  std::vector<StreamEvent> read_events(const std::string& sweep, const std::string& after,
+                                       std::chrono::milliseconds block, size_t count);
+
+  void put_broker_status(const Json& status, std::chrono::milliseconds ttl);
+  std::optional<Json> broker_status();
+
+  Redis& redis() { return redis_; }
+
+ private:
+  std::string load_script(const char* source);
+  std::vector<RedisReply> run_scripts(std::vector<RedisArgs> calls, std::string& sha,
+                                      const char* source);
+
+  Redis redis_;
+  std::string create_sha_;
+  std::string finish_sha_;
+};
+
+}  // namespace simq

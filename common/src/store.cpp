@@ -1,0 +1,317 @@
+// simq's Redis schema: key names, Lua scripts for atomic sweep creation and result writes.
+#include "simq/store.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <map>
+#include <random>
+
+#include "simq/errors.h"
+
+namespace simq {
+
+namespace {
+
+// KEYS: sweep record, sweeps index, active set.
+// ARGV: id, name, kernel, spec, total, created_at, ttl_s.
+constexpr const char* kCreateScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'name', ARGV[2], 'kernel', ARGV[3],
+           'spec', ARGV[4], 'total', ARGV[5], 'succeeded', 0, 'failed', 0,
+           'status', 'running', 'created_at', ARGV[6], 'finished_at', 0, 'ttl_s', ARGV[7])
+redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+)lua";
+
+// KEYS: sweep record, jobs hash, running hash, events stream, active set.
+// ARGV: sweep id, now, then (index, status, record) per job.
+// Returns {stored, duplicates, orphans}.
+constexpr const char* kFinishScript = R"lua(
+local n = (#ARGV - 2) / 3
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, n} end
+local ok, failed, dup = 0, 0, 0
+for i = 3, #ARGV, 3 do
+  local index, status = ARGV[i], ARGV[i + 1]
+  if redis.call('HSETNX', KEYS[2], index, ARGV[i + 2]) == 1 then
+    redis.call('HDEL', KEYS[3], index)
+    redis.call('XADD', KEYS[4], '*', 'job', index, 'status', status)
+    if status == 'succeeded' then ok = ok + 1 else failed = failed + 1 end
+  else
+    dup = dup + 1
+  end
+end
+if ok > 0 then redis.call('HINCRBY', KEYS[1], 'succeeded', ok) end
+if failed > 0 then redis.call('HINCRBY', KEYS[1], 'failed', failed) end
+local h = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'failed', 'ttl_s', 'status')
+if h[5] ~= 'done' and tonumber(h[2]) + tonumber(h[3]) >= tonumber(h[1]) then
+  redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[2])
+  redis.call('SREM', KEYS[5], ARGV[1])
+  redis.call('XADD', KEYS[4], '*', 'sweep', 'done')
+  local ttl = tonumber(h[4])
+  if ttl and ttl > 0 then
+    for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
+  end
+end
+return {ok + failed, dup, 0}
+)lua";
+
+uint64_t to_u64(const std::string& text) {
+  try {
+    return text.empty() ? 0 : std::stoull(text);
+  } catch (const std::exception&) {
+    throw StoreError(fmt::format("expected an unsigned integer in Redis, got \"{}\"", text));
+  }
+}
+
+double to_double(const std::string& text) {
+  try {
+    return text.empty() ? 0 : std::stod(text);
+  } catch (const std::exception&) {
+    throw StoreError(fmt::format("expected a number in Redis, got \"{}\"", text));
+  }
+}
+
+std::optional<SweepInfo> parse_sweep(const RedisReply& reply) {
+  if (reply.type != RedisReply::Type::kArray || reply.elements.empty()) return std::nullopt;
+  std::map<std::string, std::string, std::less<>> fields;
+  for (size_t i = 0; i + 1 < reply.elements.size(); i += 2) {
+    fields[reply.elements[i].str] = reply.elements[i + 1].str;
+  }
+  SweepInfo info;
+  info.id = fields["id"];
+  info.name = fields["name"];
+  info.kernel = fields["kernel"];
+  info.status = fields["status"];
+  info.spec = fields["spec"];
+  info.total = to_u64(fields["total"]);
+  info.succeeded = to_u64(fields["succeeded"]);
+  info.failed = to_u64(fields["failed"]);
+  info.created_at = to_double(fields["created_at"]);
+  info.finished_at = to_double(fields["finished_at"]);
+  info.ttl_s = to_u64(fields["ttl_s"]);
+  return info;
+}
+
+std::string format_time(double t) { return fmt::format("{:.6f}", t); }
+
+}  // namespace
+
+std::string sweep_key(const std::string& sweep) { return "simq:sweep:" + sweep; }
+std::string jobs_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":jobs"; }
+std::string running_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":running"; }
+std::string events_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":events"; }
+
+double unix_time() {
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  return std::chrono::duration<double>(now).count();
+}
+
+std::string new_sweep_id() {
+  static constexpr char kDigits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  std::string id(12, '0');
+  auto value = static_cast<uint64_t>(ms);
+  for (int i = 7; i >= 0; --i) {  // 8 base-36 digits of milliseconds: ordered until 2059
+    id[static_cast<size_t>(i)] = kDigits[value % 36];
+    value /= 36;
+  }
+  thread_local std::mt19937_64 random{std::random_device{}()};
+  for (size_t i = 8; i < 12; ++i) id[i] = kDigits[random() % 36];
+  return id;
+}
+
+Store::Store(RedisAddress address) : redis_(std::move(address)) {}
+
+std::string Store::load_script(const char* source) {
+  return redis_.command({"SCRIPT", "LOAD", source}).str;
+}
+
+// Runs EVALSHA calls pipelined; if Redis lost its script cache (a restart), loads the
+// script again and retries once.
+std::vector<RedisReply> Store::run_scripts(std::vector<RedisArgs> calls, std::string& sha,
+                                           const char* source) {
+  if (sha.empty()) sha = load_script(source);
+  for (auto& call : calls) call[1] = sha;
+  auto replies = redis_.pipeline(calls);
+  bool reload = false;
+  for (const auto& reply : replies) {
+    if (reply.type == RedisReply::Type::kError && reply.str.starts_with("NOSCRIPT")) reload = true;
+  }
+  if (reload) {
+    sha = load_script(source);
+    for (auto& call : calls) call[1] = sha;
+    replies = redis_.pipeline(calls);
+  }
+  for (const auto& reply : replies) {
+    if (reply.type == RedisReply::Type::kError) {
+      throw StoreError(fmt::format("Redis script failed: {}", reply.str));
+    }
+  }
+  return replies;
+}
+
+bool Store::create_sweep(const std::string& id, const SweepSpec& spec, uint64_t ttl_s) {
+  auto replies =
+      run_scripts({{"EVALSHA", "", "3", sweep_key(id), kSweepsKey, kActiveKey, id, spec.name,
+                    spec.kernel, spec.to_json().dump(), std::to_string(spec.total()),
+                    format_time(unix_time()), std::to_string(ttl_s)}},
+                  create_sha_, kCreateScript);
+  return replies.front().integer == 1;
+}
+
+std::optional<SweepInfo> Store::sweep(const std::string& id) {
+  return parse_sweep(redis_.command({"HGETALL", sweep_key(id)}));
+}
+
+std::vector<SweepInfo> Store::sweeps(size_t limit) {
+  const auto ids =
+      redis_.command({"ZREVRANGE", kSweepsKey, "0",
+                      std::to_string(limit == 0 ? -1 : static_cast<long long>(limit) - 1)});
+  std::vector<RedisArgs> reads;
+  for (const auto& id : ids.elements) reads.push_back({"HGETALL", sweep_key(id.str)});
+  const auto replies = redis_.pipeline(reads);
+  std::vector<SweepInfo> out;
+  RedisArgs expired{"ZREM", kSweepsKey};
+  for (size_t i = 0; i < replies.size(); ++i) {
+    if (auto info = parse_sweep(replies[i])) {
+      out.push_back(std::move(*info));
+    } else if (replies[i].type != RedisReply::Type::kError) {
+      expired.push_back(ids.elements[i].str);
+    }
+  }
+  if (expired.size() > 2) redis_.command(expired);
+  return out;
+}
+
+std::vector<std::string> Store::active_sweeps() {
+  std::vector<std::string> out;
+  for (auto& e : redis_.command({"SMEMBERS", kActiveKey}).elements) out.push_back(std::move(e.str));
+  return out;
+}
+
+void Store::mark_running(const std::vector<JobWrite>& jobs) {
+  if (jobs.empty()) return;
+  std::map<std::string, RedisArgs, std::less<>> by_sweep;
+  for (const auto& w : jobs) {
+    auto& args = by_sweep[w.job.sweep];
+    if (args.empty()) args = {"HSET", running_key(w.job.sweep)};
+    args.push_back(std::to_string(w.job.index));
+    args.push_back(w.record);
+  }
+  std::vector<RedisArgs> commands;
+  for (auto& [sweep, args] : by_sweep) commands.push_back(std::move(args));
+  for (const auto& reply : redis_.pipeline(commands)) {
+    if (reply.type == RedisReply::Type::kError) {
+      throw StoreError(fmt::format("Redis HSET of running marks failed: {}", reply.str));
+    }
+  }
+}
+
+FinishCounts Store::finish(const std::vector<JobWrite>& jobs) {
+  FinishCounts counts;
+  if (jobs.empty()) return counts;
+  const std::string now = format_time(unix_time());
+  std::map<std::string, RedisArgs, std::less<>> by_sweep;
+  for (const auto& w : jobs) {
+    auto& args = by_sweep[w.job.sweep];
+    if (args.empty()) {
+      const auto& s = w.job.sweep;
+      args = {"EVALSHA",     "",         "5", sweep_key(s), jobs_key(s), running_key(s),
+              events_key(s), kActiveKey, s,   now};
+    }
+    args.push_back(std::to_string(w.job.index));
+    args.push_back(w.ok ? "succeeded" : "failed");
+    args.push_back(w.record);
+  }
+  std::vector<RedisArgs> calls;
+  calls.reserve(by_sweep.size());
+  for (auto& [sweep, args] : by_sweep) calls.push_back(std::move(args));
+  for (const auto& reply : run_scripts(std::move(calls), finish_sha_, kFinishScript)) {
+    if (reply.elements.size() != 3) throw StoreError("finish script: unexpected reply");
+    counts.stored += static_cast<uint64_t>(reply.elements[0].integer);
+    counts.duplicates += static_cast<uint64_t>(reply.elements[1].integer);
+    counts.orphans += static_cast<uint64_t>(reply.elements[2].integer);
+  }
+  return counts;
+}
+
+std::optional<std::string> Store::job_record(const std::string& sweep, uint64_t index) {
+  auto reply = redis_.command({"HGET", jobs_key(sweep), std::to_string(index)});
+  if (reply.is_nil()) return std::nullopt;
+  return std::move(reply.str);
+}
+
+std::optional<std::string> Store::running_record(const std::string& sweep, uint64_t index) {
+  auto reply = redis_.command({"HGET", running_key(sweep), std::to_string(index)});
+  if (reply.is_nil()) return std::nullopt;
+  return std::move(reply.str);
+}
+
+std::vector<std::optional<std::string>> Store::job_records(const std::string& sweep, uint64_t first,
+                                                           uint64_t count) {
+  std::vector<std::optional<std::string>> out;
+  if (count == 0) return out;
+  RedisArgs args{"HMGET", jobs_key(sweep)};
+  args.reserve(count + 2);
+  for (uint64_t i = first; i < first + count; ++i) args.push_back(std::to_string(i));
+  auto reply = redis_.command(args);
+  out.reserve(reply.elements.size());
+  for (auto& element : reply.elements) {
+    if (element.is_nil()) {
+      out.emplace_back(std::nullopt);
+    } else {
+      out.emplace_back(std::move(element.str));
+    }
+  }
+  return out;
+}
+
+std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std::string& after,
+                                            std::chrono::milliseconds block, size_t count) {
+  redis_.set_timeout(block + std::chrono::milliseconds(5000));
+  RedisReply reply;
+  try {
+    reply = redis_.command({"XREAD", "COUNT", std::to_string(count), "BLOCK",
+                            std::to_string(block.count()), "STREAMS", events_key(sweep), after});
+  } catch (...) {
+    redis_.set_timeout(std::chrono::milliseconds(5000));
+    throw;
+  }
+  redis_.set_timeout(std::chrono::milliseconds(5000));
+  std::vector<StreamEvent> events;
+  if (reply.type != RedisReply::Type::kArray || reply.elements.empty()) return events;
+  const auto& entries = reply.elements[0].elements.at(1).elements;
+  events.reserve(entries.size());
+  for (const auto& entry : entries) {
+    StreamEvent event;
+    event.id = entry.elements.at(0).str;
+    const auto& fields = entry.elements.at(1).elements;
+    for (size_t i = 0; i + 1 < fields.size(); i += 2) {
+      const auto& name = fields[i].str;
+      const auto& value = fields[i + 1].str;
+      if (name == "job") event.index = to_u64(value);
+      if (name == "status") event.ok = value == "succeeded";
+      if (name == "sweep") event.sweep_done = value == "done";
+    }
+    events.push_back(std::move(event));
+  }
+  return events;
+}
+
+void Store::put_broker_status(const Json& status, std::chrono::milliseconds ttl) {
+  redis_.command({"SET", kBrokerKey, status.dump(), "PX", std::to_string(ttl.count())});
+}
+
+std::optional<Json> Store::broker_status() {
+  auto reply = redis_.command({"GET", kBrokerKey});
+  if (reply.is_nil()) return std::nullopt;
+  auto parsed = Json::parse(reply.str, nullptr, false);
+  if (parsed.is_discarded()) return std::nullopt;
+  return parsed;
+}
+
+}  // namespace simq

@@ -1,0 +1,46 @@
+// BrokerClient: the producer's side of the broker's frontend (SUBMIT, PING), one ZeroMQ DEALER
+// with its own context. Not thread-safe: one thread uses a client at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <zmq.hpp>
+
+#include "simq/protocol.h"
+#include "simq/sweep.h"
+
+namespace simq {
+
+// How long commands wait for the broker to answer by default.
+inline constexpr std::chrono::milliseconds kDefaultBrokerTimeout{5000};
+
+class BrokerClient {
+ public:
+  // Connects (lazily, as ZeroMQ does) to the broker's frontend, e.g. "tcp://127.0.0.1:5555".
+  explicit BrokerClient(std::string endpoint);
+  BrokerClient(const BrokerClient&) = delete;
+  BrokerClient& operator=(const BrokerClient&) = delete;
+
+  // Submits a sweep under an id the caller chose (new_sweep_id()). The same SUBMIT is sent
+  // again once a second until answered: safe, because the broker answers existed=true for an
+  // id it has recorded already instead of queuing the sweep twice.
+  // Throws ConfigError if the broker refuses the spec (bad_spec, bad_body), ConnectError if
+  // nothing answers within `timeout` (or the broker still cannot reach Redis by then),
+  // ProtocolError for any other refusal.
+  SubmittedMsg submit(const std::string& sweep_id, const SweepSpec& spec,
+                      std::chrono::milliseconds timeout = kDefaultBrokerTimeout);
+
+  // Asks the broker for its workers and queue depth. Throws as submit() does.
+  PongMsg ping(std::chrono::milliseconds timeout = kDefaultBrokerTimeout);
+
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  std::string endpoint_;
+  zmq::context_t context_;
+  zmq::socket_t socket_;  // declared after context_: closed before the context ends
+  uint64_t next_req_ = 1;
+};
+
+}  // namespace simq

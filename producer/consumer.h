@@ -1,0 +1,50 @@
+// The consumer side of the simq CLI: everything that only reads Redis (wait, results, get,
+// status). A consumer never talks to the broker, so results stay readable when it is down.
+// Not thread-safe: each function uses the Store it is given.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+
+#include "simq/store.h"
+
+namespace simq {
+
+struct WaitOptions {
+  double timeout_s = 0;  // give up after this long (exit 3 is not used: returns kExitJobsFailed
+                         // with a message); 0 = wait for ever
+  bool progress = true;  // draw a progress bar on stderr (only redrawn in place on a tty)
+  bool quiet = false;    // print nothing but errors
+};
+
+// Follows the sweep's completion stream (XREAD BLOCK) until every job has a terminal record.
+// Progress: "[#####-----] 512/1000  failed 3  1234 jobs/s  ETA 0:00:05" on stderr.
+// Returns kExitOk if all succeeded, kExitJobsFailed if some failed or the sweep is unknown
+// (message "sweep <id> not found in Redis at <url>" on stderr).
+int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& options);
+
+enum class ResultFormat { kTable, kCsv, kJsonl };
+
+// Parses "table", "csv" or "jsonl"; throws ConfigError naming --format otherwise.
+ResultFormat parse_result_format(const std::string& text);
+
+// Writes the terminal records of a sweep in job order. table/csv: columns job, status, one
+// per parameter (in sweep order), one per top-level result key, error. jsonl: one JSON object
+// per job with at least job, status, params, result, error, attempts. Jobs without a
+// terminal record yet are left out, and a note "N of M jobs not finished" goes to stderr.
+// Returns kExitOk, or kExitJobsFailed if the sweep is not found.
+int print_results(Store& store, const std::string& sweep, ResultFormat format, std::ostream& out);
+
+// One job ("<sweep>:<index>"): status, params, result or error, attempts, worker, timings.
+// Queued and running jobs are shown too (params derived from the sweep spec).
+// Returns kExitOk, kExitJobsFailed if not found, kExitUsage if the id is malformed.
+int print_job(Store& store, const std::string& job_id, bool json, std::ostream& out);
+
+// No sweep: the newest sweeps (id, name, kernel, done/failed/total, status, age) and the
+// broker's snapshot (workers, slots, queued, in flight; or "broker: no status (not running?)").
+// With a sweep: its counts. Returns kExitOk, or kExitJobsFailed if the sweep is not found.
+int print_status(Store& store, const std::optional<std::string>& sweep, std::ostream& out);
+
+}  // namespace simq

@@ -1,0 +1,188 @@
+// End to end on a real cluster (redis-server, simq-broker, simq-worker processes on
+// loopback): sweeps complete with correct results in Redis, and a worker killed mid-sweep
+// loses no job.
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "simq/json.h"
+#include "test_support.h"
+
+namespace simq::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+uint64_t fib(uint64_t n) {
+  uint64_t a = 0, b = 1;
+  for (uint64_t i = 0; i < n; ++i) {
+    const uint64_t next = a + b;
+    a = b;
+    b = next;
+  }
+  return a;
+}
+
+std::string write_file(const TempDir& dir, const std::string& name, const std::string& text) {
+  std::ofstream(dir.file(name)) << text;
+  return dir.file(name);
+}
+
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+std::vector<Json> jsonl(const std::string& text) {
+  std::vector<Json> rows;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) rows.push_back(Json::parse(line));
+  return rows;
+}
+
+TEST(Sweep, ThousandFibJobsOnTwoWorkersAllCorrect) {
+  TestCluster cluster;
+  TempDir dir;
+  const auto file = write_file(dir, "fib.toml", R"(
+kernel = "fib"
+[grid]
+n = { range = [0, 50] }
+repeat = { range = [0, 20] }
+)");
+  const auto submitted = cluster.simq({"submit", file});
+  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  const auto sweep = trim(submitted.out);
+  ASSERT_FALSE(sweep.empty());
+
+  const auto waited = cluster.simq({"wait", sweep});
+  ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();
+
+  const auto results = cluster.simq({"results", sweep, "--format", "jsonl"});
+  ASSERT_EQ(results.status, 0) << results.err;
+  const auto rows = jsonl(results.out);
+  ASSERT_EQ(rows.size(), 1000u);
+  std::map<std::string, int> workers;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& row = rows[i];
+    ASSERT_EQ(row["job"], fmt::format("{}:{}", sweep, i));
+    ASSERT_EQ(row["status"], "succeeded") << row.dump();
+    const auto n = row["params"]["n"].get<uint64_t>();
+    ASSERT_EQ(n, i / 20);  // last axis varies fastest
+    ASSERT_EQ(row["result"]["value"].get<uint64_t>(), fib(n)) << row.dump();
+    ASSERT_TRUE(row["error"].is_null());
+    ASSERT_EQ(row["attempts"], 1);
+    ++workers[row["worker"].get<std::string>()];
+  }
+  EXPECT_EQ(workers.size(), 2u) << "both workers should have taken jobs";
+
+  auto redis = cluster.redis().connect();
+  const auto counts =
+      redis->command({"HMGET", "simq:sweep:" + sweep, "total", "succeeded", "failed", "status"});
+  EXPECT_EQ(counts.elements[0].str, "1000");
+  EXPECT_EQ(counts.elements[1].str, "1000");
+  EXPECT_EQ(counts.elements[2].str, "0");
+  EXPECT_EQ(counts.elements[3].str, "done");
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 1000);
+  // One stream entry per job, plus the final "sweep done" entry.
+  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 1001);
+  // Finished sweeps expire (7 days by default).
+  const auto ttl = redis->command({"TTL", "simq:sweep:" + sweep}).integer;
+  EXPECT_GT(ttl, 6 * 24 * 3600);
+  EXPECT_LE(ttl, 7 * 24 * 3600);
+}
+
+TEST(Sweep, WorkerKilledMidSweepLosesNoJob) {
+  TestCluster cluster;
+  TempDir dir;
+  const auto file = write_file(dir, "sleep.toml", R"(
+kernel = "sleep"
+[grid]
+seconds = [0.02, 0.03]
+i = { range = [0, 150] }
+)");
+  const auto submitted = cluster.simq({"submit", file});
+  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  const auto sweep = trim(submitted.out);
+  auto redis = cluster.redis().connect();
+  const auto succeeded = [&] {
+    const auto reply = redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"});
+    return reply.is_nil() ? 0 : std::stoi(reply.str);
+  };
+  ASSERT_TRUE(wait_until([&] { return succeeded() >= 40; }, 30s)) << cluster.logs();
+  // Worker 0 is running jobs right now: its running marks say so.
+  const auto running = redis->command({"HVALS", "simq:sweep:" + sweep + ":running"});
+  const auto victim = std::to_string(cluster.worker(0).pid());
+  int victim_running = 0;
+  for (const auto& mark : running.elements) {
+    if (Json::parse(mark.str)["worker"].get<std::string>().ends_with(":" + victim)) {
+      ++victim_running;
+    }
+  }
+  cluster.worker(0).signal(SIGKILL);
+  ASSERT_GT(victim_running, 0) << "the killed worker had no job running";
+
+  const auto waited = cluster.simq({"wait", sweep});
+  ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();
+  EXPECT_EQ(succeeded(), 300);
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 300);
+  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 301);
+  const auto rows = jsonl(cluster.simq({"results", sweep, "--format", "jsonl"}).out);
+  ASSERT_EQ(rows.size(), 300u);
+  int retried = 0;
+  for (const auto& row : rows) {
+    EXPECT_EQ(row["status"], "succeeded");
+    if (row["attempts"].get<int>() > 1) ++retried;
+  }
+  EXPECT_GE(retried, 1) << "jobs running on the killed worker must have run again";
+  EXPECT_THAT(cluster.logs(), HasSubstr("missed heartbeats"));
+}
+
+TEST(Sweep, UnknownKernelAndBadParamsEndFailedAndWorkerKeepsServing) {
+  TestCluster cluster({.workers = 1});
+  TempDir dir;
+  const auto unknown = cluster.simq(
+      {"submit", write_file(dir, "unknown.toml", "kernel = \"warp_drive\"\n[grid]\nx = [1, 2]\n")});
+  ASSERT_EQ(unknown.status, 0) << unknown.err;
+  const auto unknown_id = trim(unknown.out);
+  const auto bad_type = cluster.simq(
+      {"submit", write_file(dir, "bad.toml", "kernel = \"fib\"\n[grid]\nn = [\"ten\", 5]\n")});
+  ASSERT_EQ(bad_type.status, 0) << bad_type.err;
+  const auto bad_id = trim(bad_type.out);
+
+  EXPECT_EQ(cluster.simq({"wait", unknown_id}).status, 1);
+  EXPECT_EQ(cluster.simq({"wait", bad_id}).status, 1);
+
+  const auto unknown_rows = jsonl(cluster.simq({"results", unknown_id, "--format", "jsonl"}).out);
+  ASSERT_EQ(unknown_rows.size(), 2u);
+  for (const auto& row : unknown_rows) {
+    EXPECT_EQ(row["status"], "failed");
+    EXPECT_THAT(row["error"].get<std::string>(), HasSubstr("unknown kernel 'warp_drive'"));
+  }
+  const auto bad_rows = jsonl(cluster.simq({"results", bad_id, "--format", "jsonl"}).out);
+  ASSERT_EQ(bad_rows.size(), 2u);
+  EXPECT_EQ(bad_rows[0]["status"], "failed");
+  EXPECT_THAT(bad_rows[0]["error"].get<std::string>(),
+              HasSubstr("param 'n': expected integer, got string"));
+  EXPECT_EQ(bad_rows[1]["status"], "succeeded");
+  EXPECT_EQ(bad_rows[1]["result"]["value"], 5);
+
+  // The same worker still serves a good sweep.
+  const auto good = cluster.simq(
+      {"submit", write_file(dir, "good.toml", "kernel = \"fib\"\n[grid]\nn = [10, 20]\n"),
+       "--wait"});
+  EXPECT_EQ(good.status, 0) << good.err << cluster.logs();
+  EXPECT_EQ(cluster.worker(0).poll(), std::nullopt) << "the worker must still be running";
+
+  const auto get = cluster.simq({"get", unknown_id + ":1"});
+  EXPECT_EQ(get.status, 0);
+  EXPECT_THAT(get.out, HasSubstr("failed"));
+  EXPECT_THAT(get.out, HasSubstr("unknown kernel 'warp_drive'"));
+}
+
+}  // namespace
+}  // namespace simq::test

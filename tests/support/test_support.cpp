@@ -1,0 +1,190 @@
+// Integration-test helpers: real redis-server, real processes, deadlines.
+#include "test_support.h"
+
+#include <dirent.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include "simq/errors.h"
+#include "simq/json.h"
+
+namespace simq::test {
+
+std::string bin(const std::string& name) {
+  const char* dir = std::getenv("SIMQ_BIN_DIR");
+  return fmt::format("{}/{}", dir != nullptr ? dir : own_directory(), name);
+}
+
+TempDir::TempDir() {
+  std::string pattern = (std::filesystem::temp_directory_path() / "simq-test-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+RedisServer::RedisServer() {
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    port_ = free_loopback_port();
+    process_ = std::make_unique<ChildProcess>(
+        std::vector<std::string>{"redis-server", "--bind", "127.0.0.1", "--port",
+                                 std::to_string(port_), "--dir", dir_.path(), "--save", "",
+                                 "--appendonly", "no", "--daemonize", "no"},
+        dir_.file("redis.log"));
+    const bool up = wait_until(
+        [&] {
+          if (process_->poll()) return true;  // exited: port taken, try another
+          try {
+            Redis redis(address(), 200ms);
+            return redis.command({"PING"}).str == "PONG";
+          } catch (const Error&) {
+            return false;
+          }
+        },
+        10s);
+    if (up && !process_->poll()) return;
+    process_.reset();
+  }
+  throw std::runtime_error("redis-server did not start: " + read_file(dir_.file("redis.log")));
+}
+
+RedisServer::~RedisServer() { stop(); }
+
+void RedisServer::stop() {
+  if (process_) process_->stop(5s);
+  process_.reset();
+}
+
+std::string RedisServer::url() const { return fmt::format("redis://127.0.0.1:{}", port_); }
+
+RedisAddress RedisServer::address() const { return RedisAddress::parse(url()); }
+
+std::unique_ptr<Redis> RedisServer::connect() const { return std::make_unique<Redis>(address()); }
+
+bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (ready()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+}
+
+CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+  TempDir dir;
+  CommandResult result;
+  {
+    ChildProcess child(argv, dir.file("out"), dir.file("err"));
+    if (auto status = child.wait(timeout)) {
+      result.status = *status;
+    } else {
+      child.stop(2s);
+      result.status = -1;
+    }
+  }
+  result.out = read_file(dir.file("out"));
+  result.err = read_file(dir.file("err"));
+  return result;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<int> processes_matching(const std::string& needle) {
+  std::vector<int> pids;
+  const int self = ::getpid();
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const auto name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const int pid = std::stoi(name);
+    if (pid == self) continue;
+    auto cmdline = read_file(entry.path().string() + "/cmdline");
+    for (auto& c : cmdline) {
+      if (c == '\0') c = ' ';
+    }
+    // Zombies have an empty command line; they are not running.
+    if (!cmdline.empty() && cmdline.find(needle) != std::string::npos) pids.push_back(pid);
+  }
+  return pids;
+}
+
+}  // namespace simq::test
+
+namespace simq::test {
+
+TestCluster::TestCluster() : TestCluster(Options{}) {}
+
+TestCluster::TestCluster(Options options) : options_(options) {
+  frontend_ = fmt::format("tcp://127.0.0.1:{}", free_loopback_port());
+  backend_ = fmt::format("tcp://127.0.0.1:{}", free_loopback_port());
+  broker_ = std::make_unique<ChildProcess>(
+      std::vector<std::string>{bin("simq-broker"), "--frontend", frontend_, "--backend", backend_,
+                               "--redis", redis_.url(), "--heartbeat-ms",
+                               std::to_string(options_.heartbeat_ms), "--liveness",
+                               std::to_string(options_.liveness)},
+      dir_.file("broker.log"));
+  auto redis = redis_.connect();
+  if (!wait_until([&] { return !redis->command({"GET", "simq:broker"}).is_nil(); }, 10s)) {
+    throw std::runtime_error("broker did not start: " + logs());
+  }
+  for (int i = 0; i < options_.workers; ++i) add_worker();
+  if (!wait_until([&] { return connected_workers() == options_.workers; }, 10s)) {
+    throw std::runtime_error("workers did not connect: " + logs());
+  }
+}
+
+TestCluster::~TestCluster() {
+  for (auto& worker : workers_) worker->stop(5s);
+  if (broker_) broker_->stop(5s);
+}
+
+size_t TestCluster::add_worker() {
+  const size_t n = workers_.size();
+  workers_.push_back(std::make_unique<ChildProcess>(
+      std::vector<std::string>{bin("simq-worker"), "--broker", backend_, "--redis", redis_.url(),
+                               "--slots", std::to_string(options_.slots), "--heartbeat-ms",
+                               std::to_string(options_.heartbeat_ms), "--liveness",
+                               std::to_string(options_.liveness)},
+      dir_.file(fmt::format("worker{}.log", n))));
+  return n;
+}
+
+int TestCluster::connected_workers() {
+  auto redis = redis_.connect();
+  const auto reply = redis->command({"GET", "simq:broker"});
+  if (reply.is_nil()) return -1;
+  const auto status = Json::parse(reply.str, nullptr, false);
+  if (!status.is_object() || !status.contains("workers")) return -1;
+  return static_cast<int>(status["workers"].size());
+}
+
+CommandResult TestCluster::simq(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  args.insert(args.begin(), bin("simq"));
+  args.insert(args.end(), {"--redis", redis_.url(), "--broker", frontend_});
+  return run_command(args, timeout);
+}
+
+std::string TestCluster::logs() const {
+  std::string text = "--- broker\n" + read_file(dir_.file("broker.log"));
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    text +=
+        fmt::format("--- worker {}\n", i) + read_file(dir_.file(fmt::format("worker{}.log", i)));
+  }
+  return text;
+}
+
+}  // namespace simq::test

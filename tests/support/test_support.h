@@ -1,0 +1,121 @@
+// Helpers for integration tests: a real redis-server on a free loopback port in a temp dir,
+// simq programs as real child processes, commands run to completion, polling with
+// deadlines instead of sleeps. Not thread-safe: one test thread.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "simq/child_process.h"
+#include "simq/redis.h"
+
+namespace simq::test {
+
+using namespace std::chrono_literals;
+
+// Path of a simq program in the build's bin folder ($SIMQ_BIN_DIR, set by ctest).
+std::string bin(const std::string& name);
+
+// A fresh directory removed with everything in it when this goes away.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// A redis-server of its own, on 127.0.0.1 and a free port, stopped in the destructor.
+class RedisServer {
+ public:
+  RedisServer();
+  ~RedisServer();
+  RedisServer(const RedisServer&) = delete;
+  RedisServer& operator=(const RedisServer&) = delete;
+
+  int port() const { return port_; }
+  std::string url() const;
+  RedisAddress address() const;
+  std::unique_ptr<Redis> connect() const;
+  void stop();
+
+ private:
+  TempDir dir_;
+  int port_ = 0;
+  std::unique_ptr<ChildProcess> process_;
+};
+
+// Polls `ready` every few milliseconds until it is true or `timeout` passes.
+bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout);
+
+struct CommandResult {
+  int status = -1;  // exit code, 128+signal, or -1 if it had to be killed at the timeout
+  std::string out;
+  std::string err;
+};
+
+// Runs a program to completion (killed after `timeout`), capturing stdout and stderr.
+CommandResult run_command(const std::vector<std::string>& argv,
+                          std::chrono::milliseconds timeout = 60s);
+
+// Reads a whole file ("" if it cannot be read).
+std::string read_file(const std::string& path);
+
+// Pids of processes whose command line contains `needle` (to prove none was left behind).
+std::vector<int> processes_matching(const std::string& needle);
+
+}  // namespace simq::test
+
+namespace simq::test {
+
+// A real cluster for integration tests: its own redis-server, a simq-broker and workers as
+// processes on free loopback ports, with fast heartbeats so worker loss is seen quickly.
+class TestCluster {
+ public:
+  struct Options {
+    int workers = 2;         // worker processes started at once
+    int slots = 2;           // slots per worker
+    int heartbeat_ms = 200;  // broker <-> worker heartbeat interval
+    int liveness = 3;        // missed heartbeats before a worker is dead
+  };
+
+  TestCluster();  // default Options
+  explicit TestCluster(Options options);
+  ~TestCluster();
+
+  RedisServer& redis() { return redis_; }
+  const std::string& frontend() const { return frontend_; }
+  const std::string& backend() const { return backend_; }
+
+  ChildProcess& broker() { return *broker_; }
+  ChildProcess& worker(size_t i) { return *workers_.at(i); }
+  size_t add_worker();  // returns its number
+
+  // Connected workers according to the broker's status snapshot in Redis.
+  int connected_workers();
+
+  // Runs `simq ARGS --redis URL --broker EP`.
+  CommandResult simq(std::vector<std::string> args, std::chrono::milliseconds timeout = 120s);
+
+  // Everything the broker and workers logged so far.
+  std::string logs() const;
+
+ private:
+  Options options_;
+  RedisServer redis_;
+  TempDir dir_;
+  std::string frontend_;
+  std::string backend_;
+  std::unique_ptr<ChildProcess> broker_;
+  std::vector<std::unique_ptr<ChildProcess>> workers_;
+};
+
+}  // namespace simq::test

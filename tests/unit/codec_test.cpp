@@ -1,0 +1,199 @@
+// Codec and protocol: every message round-trips; hostile bytes are refused with a precise
+// error and bounded work.
+#include "simq/codec.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "simq/errors.h"
+#include "simq/protocol.h"
+#include "simq/redis.h"
+
+namespace simq {
+namespace {
+
+using ::testing::HasSubstr;
+
+template <typename F>
+std::string protocol_error(F&& f) {
+  try {
+    f();
+  } catch (const ProtocolError& e) {
+    return e.what();
+  }
+  return "<no ProtocolError>";
+}
+
+TEST(Protocol, SubmitRoundTrips) {
+  SubmitMsg msg{7, "abc123", Json::parse(R"({"kernel":"fib","params":{"n":[1,2.5,"x",null]}})")};
+  const auto back = decode_submit(encode(msg));
+  EXPECT_EQ(back.req, 7u);
+  EXPECT_EQ(back.sweep_id, "abc123");
+  EXPECT_EQ(back.spec, msg.spec);
+}
+
+TEST(Protocol, ControlMessagesRoundTrip) {
+  const auto submitted = decode_submitted(encode(SubmittedMsg{3, "s1", 1000, true}));
+  EXPECT_EQ(submitted.total, 1000u);
+  EXPECT_TRUE(submitted.existed);
+  const auto pong = decode_pong(encode(PongMsg{9, 2, 8, 100, 8}));
+  EXPECT_EQ(pong.req, 9u);
+  EXPECT_EQ(pong.slots, 8u);
+  EXPECT_EQ(pong.queued, 100u);
+  const auto error = decode_error(encode(ErrorMsg{4, "bad_spec", "kernel: expected string"}));
+  EXPECT_EQ(error.code, "bad_spec");
+  EXPECT_EQ(error.message, "kernel: expected string");
+  const auto hello = decode_hello(encode(HelloMsg{"host:42", 4, {"fib", "noop"}}));
+  EXPECT_EQ(hello.name, "host:42");
+  EXPECT_EQ(hello.slots, 4u);
+  EXPECT_EQ(hello.kernels, (std::vector<std::string>{"fib", "noop"}));
+  const auto welcome = decode_welcome(encode(WelcomeMsg{1000, 3}));
+  EXPECT_EQ(welcome.heartbeat_ms, 1000u);
+  EXPECT_EQ(welcome.liveness, 3u);
+  EXPECT_NO_THROW(decode_empty(encode_empty(), "HEARTBEAT"));
+}
+
+TEST(Protocol, DispatchAndDoneCarryBatches) {
+  DispatchMsg dispatch;
+  for (uint64_t i = 0; i < 1000; ++i) dispatch.jobs.push_back(JobRef{"s", i, i % 3 == 0 ? 2u : 1u});
+  const auto back = decode_dispatch(encode(dispatch));
+  ASSERT_EQ(back.jobs.size(), 1000u);
+  EXPECT_EQ(back.jobs[999], (JobRef{"s", 999, 2}));
+  DoneMsg done{{{JobRef{"a", 5, 1}, true}, {JobRef{"b", 6, 2}, false}}};
+  const auto done_back = decode_done(encode(done));
+  ASSERT_EQ(done_back.jobs.size(), 2u);
+  EXPECT_EQ(done_back.jobs[1].job, (JobRef{"b", 6, 2}));
+  EXPECT_FALSE(done_back.jobs[1].ok);
+}
+
+TEST(Protocol, CommandNamesRoundTrip) {
+  for (auto c : {Command::kSubmit, Command::kDispatch, Command::kDone, Command::kBye}) {
+    EXPECT_EQ(command_from_name(command_name(c)), c);
+  }
+  EXPECT_FALSE(command_from_name("EXPLODE"));
+}
+
+TEST(Protocol, MissingAndMistypedFieldsAreNamed) {
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> p(buffer);
+  p.pack_map(2);
+  p.pack(std::string("name"));
+  p.pack(std::string("w"));
+  p.pack(std::string("slots"));
+  p.pack(std::string("four"));
+  const std::string hello(buffer.data(), buffer.size());
+  EXPECT_THAT(protocol_error([&] { decode_hello(hello); }),
+              HasSubstr("HELLO: field 'slots': expected unsigned integer, got string"));
+  EXPECT_THAT(protocol_error([&] { decode_submit(encode(PingMsg{1})); }),
+              HasSubstr("SUBMIT: field 'sweep_id' is missing"));
+  EXPECT_THAT(protocol_error([&] {
+                decode_hello(encode(HelloMsg{"w", 0, {}}));
+              }),
+              HasSubstr("expected at least 1, got 0"));
+}
+
+TEST(Protocol, SweepIdsAreRestricted) {
+  SubmitMsg msg{1, "../../etc", Json::object()};
+  EXPECT_THAT(protocol_error([&] { decode_submit(encode(msg)); }),
+              HasSubstr("field 'sweep_id': expected 1 to 64 of [a-z0-9_-]"));
+}
+
+TEST(Protocol, BadJobEntriesAreRefused) {
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> p(buffer);
+  p.pack_map(1);
+  p.pack(std::string("jobs"));
+  p.pack_array(1);
+  p.pack_array(3);
+  p.pack(std::string("s"));
+  p.pack(-4);
+  p.pack(1);
+  EXPECT_THAT(protocol_error([&] { decode_dispatch(std::string(buffer.data(), buffer.size())); }),
+              HasSubstr("field 'jobs[].index': expected unsigned integer, got negative integer"));
+}
+
+TEST(Codec, RefusesEmptyTruncatedAndTrailingBytes) {
+  EXPECT_THAT(protocol_error([] { unpack(""); }), HasSubstr("empty"));
+  const auto body = encode(HelloMsg{"worker", 2, {"fib"}});
+  EXPECT_THAT(protocol_error([&] { unpack(body.substr(0, body.size() - 3)); }),
+              HasSubstr("truncated"));
+  EXPECT_THAT(protocol_error([&] { unpack(body + "xx"); }), HasSubstr("2 trailing bytes"));
+}
+
+TEST(Codec, RefusesHeadersClaimingHugeArraysWithoutAllocating) {
+  // array32 header claiming 2^32-1 elements, then nothing.
+  const std::string huge_array("\xdd\xff\xff\xff\xff", 5);
+  EXPECT_THAT(protocol_error([&] { unpack(huge_array); }), HasSubstr("array larger"));
+  const std::string huge_map("\xdf\xff\xff\xff\xff", 5);
+  EXPECT_THAT(protocol_error([&] { unpack(huge_map); }), HasSubstr("map larger"));
+  // A string header is checked against the bytes present: nothing is copied.
+  const std::string huge_str("\xdb\xff\xff\xff\xff", 5);
+  EXPECT_THAT(protocol_error([&] { unpack(huge_str); }), HasSubstr("truncated MessagePack"));
+}
+
+TEST(Codec, RefusesDeepNesting) {
+  const std::string deep(10000, '\x91');  // 10,000 nested one-element arrays
+  EXPECT_THAT(protocol_error([&] { unpack(deep + std::string(1, '\xc0')); }),
+              HasSubstr("nested deeper than 32"));
+}
+
+TEST(Codec, RefusesNonStringMapKeysInJson) {
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> p(buffer);
+  p.pack_map(1);
+  p.pack(1);
+  p.pack(2);
+  const auto handle = unpack(std::string_view(buffer.data(), buffer.size()));
+  EXPECT_THAT(protocol_error([&] { to_json(handle.get(), "params"); }),
+              HasSubstr("params: map keys must be strings, got unsigned integer"));
+}
+
+TEST(Codec, RandomBytesNeverCrash) {
+  uint64_t state = 12345;
+  int refused = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string bytes(1 + (state % 64), '\0');
+    for (auto& c : bytes) {
+      state = state * 6364136223846793005ull + 1442695040888963407ull;
+      c = static_cast<char>(state >> 56);
+    }
+    try {
+      decode_done(bytes);
+    } catch (const ProtocolError&) {
+      ++refused;
+    }
+  }
+  EXPECT_GT(refused, 19000);  // almost every random string is refused, none crashes
+}
+
+TEST(JobId, ParsesAndRefuses) {
+  std::string sweep;
+  uint64_t index = 0;
+  ASSERT_TRUE(parse_job_id(job_id("abc", 42), sweep, index));
+  EXPECT_EQ(sweep, "abc");
+  EXPECT_EQ(index, 42u);
+  EXPECT_FALSE(parse_job_id("abc", sweep, index));
+  EXPECT_FALSE(parse_job_id("abc:", sweep, index));
+  EXPECT_FALSE(parse_job_id(":4", sweep, index));
+  EXPECT_FALSE(parse_job_id("abc:4x", sweep, index));
+  EXPECT_FALSE(parse_job_id("abc:99999999999999999999999", sweep, index));
+}
+
+TEST(RedisAddress, ParsesUrls) {
+  const auto a = RedisAddress::parse("redis://:secret@example.org:6380/2");
+  EXPECT_EQ(a.host, "example.org");
+  EXPECT_EQ(a.port, 6380);
+  EXPECT_EQ(a.password, "secret");
+  EXPECT_EQ(a.db, 2);
+  EXPECT_EQ(a.url(), "redis://example.org:6380/2");
+  EXPECT_EQ(RedisAddress::parse("redis://h").port, 6379);
+  EXPECT_EQ(RedisAddress::parse("unix:///tmp/r.sock").socket_path, "/tmp/r.sock");
+  EXPECT_THROW(RedisAddress::parse("http://h:1"), ConfigError);
+  EXPECT_THROW(RedisAddress::parse("redis://h:99999"), ConfigError);
+  EXPECT_THROW(RedisAddress::parse("redis://:1"), ConfigError);
+}
+
+}  // namespace
+}  // namespace simq

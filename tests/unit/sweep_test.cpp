@@ -1,0 +1,642 @@
+// Unit tests of the sweep model: parsing TOML and JSON sweep files, grid expansion order,
+// each axis kind, the normalized JSON form, and the error messages a user sees.
+#include "simq/sweep.h"
+
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "simq/errors.h"
+
+namespace simq {
+namespace {
+
+using testing::AllOf;
+using testing::HasSubstr;
+using testing::StartsWith;
+
+SweepSpec from_toml(std::string_view text) { return parse_sweep_toml(text, "test.toml"); }
+
+// The message of the ConfigError that parsing `text` throws; fails the test if none is thrown.
+std::string toml_error(std::string_view text) {
+  try {
+    from_toml(text);
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "no ConfigError for:\n" << text;
+  return "";
+}
+
+std::string json_error(std::string_view text) {
+  try {
+    parse_sweep_json(text, "test.json");
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "no ConfigError for:\n" << text;
+  return "";
+}
+
+// All values of an axis, in order.
+std::vector<Json> values_of(const Axis& axis) {
+  std::vector<Json> values;
+  for (uint64_t i = 0; i < axis.size(); ++i) values.push_back(axis.value(i));
+  return values;
+}
+
+// The one axis of a sweep whose grid is `axis_toml`.
+Axis axis_from(std::string_view axis_toml) {
+  const SweepSpec spec = from_toml(fmt::format("kernel = \"noop\"\n[grid]\n{}\n", axis_toml));
+  EXPECT_EQ(spec.grid.size(), 1U);
+  return spec.grid.at(0);
+}
+
+// A temporary directory removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "sweep_test.XXXXXX").string();
+    path_ = mkdtemp(pattern.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  [[nodiscard]] std::string write(const std::string& name, std::string_view text) const {
+    const auto file = path_ / name;
+    std::ofstream(file) << text;
+    return file.string();
+  }
+  [[nodiscard]] std::string path(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// ---------------------------------------------------------------------------------------
+// Expansion
+
+TEST(Sweep, GridExpandsInFileOrderLastAxisFastest) {
+  const SweepSpec spec = from_toml(R"(
+name = "scan"
+kernel = "fib"
+[params]
+seed = 1
+[grid]
+n = [10, 20]
+x = { range = [0, 3] }
+)");
+  EXPECT_EQ(spec.name, "scan");
+  EXPECT_EQ(spec.kernel, "fib");
+  ASSERT_EQ(spec.total(), 6U);
+  const std::vector<std::string> expected = {
+      R"({"seed":1,"n":10,"x":0})", R"({"seed":1,"n":10,"x":1})", R"({"seed":1,"n":10,"x":2})",
+      R"({"seed":1,"n":20,"x":0})", R"({"seed":1,"n":20,"x":1})", R"({"seed":1,"n":20,"x":2})",
+  };
+  for (uint64_t i = 0; i < spec.total(); ++i) {
+    EXPECT_EQ(spec.params_at(i).dump(), expected[i]) << "job " << i;
+  }
+}
+
+TEST(Sweep, KeepsFileOrderOfAxesAndParamsNotAlphabetical) {
+  const SweepSpec spec = from_toml(R"(
+kernel = "noop"
+[params]
+zeta = 1
+alpha = "a"
+[grid]
+z = [1, 2]
+a = [3]
+m = { linspace = [0, 1, 2] }
+)");
+  ASSERT_EQ(spec.grid.size(), 3U);
+  EXPECT_EQ(spec.grid[0].name, "z");
+  EXPECT_EQ(spec.grid[1].name, "a");
+  EXPECT_EQ(spec.grid[2].name, "m");
+  EXPECT_EQ(spec.total(), 4U);
+  EXPECT_EQ(spec.params_at(3).dump(), R"({"zeta":1,"alpha":"a","z":2,"a":3,"m":1.0})");
+}
+
+TEST(Sweep, ThreeAxesIndexDecomposition) {
+  const SweepSpec spec = from_toml(R"(
+kernel = "noop"
+[grid]
+a = [0, 1]
+b = [0, 1, 2]
+c = [0, 1, 2, 3]
+)");
+  ASSERT_EQ(spec.total(), 24U);
+  for (uint64_t i = 0; i < spec.total(); ++i) {
+    const Json params = spec.params_at(i);
+    EXPECT_EQ(params["a"].get<uint64_t>() * 12 + params["b"].get<uint64_t>() * 4 +
+                  params["c"].get<uint64_t>(),
+              i);
+  }
+}
+
+TEST(Sweep, NoGridMeansExactlyOneJobWithTheConstants) {
+  const SweepSpec spec = from_toml("kernel = \"fib\"\nparams = { n = 30 }\n");
+  EXPECT_TRUE(spec.grid.empty());
+  EXPECT_EQ(spec.total(), 1U);
+  EXPECT_EQ(spec.params_at(0).dump(), R"({"n":30})");
+  EXPECT_EQ(spec.name, "");
+
+  const SweepSpec bare = from_toml("kernel = \"noop\"\n");
+  EXPECT_EQ(bare.total(), 1U);
+  EXPECT_EQ(bare.params_at(0), Json::object());
+}
+
+TEST(Sweep, ConstantsKeepTheirTomlTypes) {
+  const SweepSpec spec = from_toml(R"(
+kernel = "noop"
+[params]
+count = 3
+big = 9007199254740993
+ratio = 0.5
+whole = 2.0
+flag = true
+label = "x y"
+list = [1, 2.5, "s"]
+[params.nested]
+b = 1
+a = { c = [true] }
+)");
+  const Json& p = spec.params;
+  EXPECT_TRUE(p["count"].is_number_integer());
+  EXPECT_EQ(p["count"].get<int64_t>(), 3);
+  EXPECT_EQ(p["big"].get<int64_t>(), 9007199254740993);
+  EXPECT_TRUE(p["ratio"].is_number_float());
+  EXPECT_TRUE(p["whole"].is_number_float());
+  EXPECT_EQ(p["whole"].dump(), "2.0");
+  EXPECT_EQ(p["flag"], true);
+  EXPECT_EQ(p["label"], "x y");
+  EXPECT_EQ(p["list"].dump(), R"([1,2.5,"s"])");
+  EXPECT_EQ(p["nested"].dump(), R"({"b":1,"a":{"c":[true]}})");
+}
+
+// ---------------------------------------------------------------------------------------
+// Axis kinds
+
+TEST(Axis, ListKeepsValuesAndTheirTypes) {
+  const Axis axis = axis_from(R"(v = [1, 2.5, "a", true, [1, 2], { k = 1 }])");
+  EXPECT_EQ(axis.kind, Axis::Kind::kList);
+  ASSERT_EQ(axis.size(), 6U);
+  EXPECT_TRUE(axis.value(0).is_number_integer());
+  EXPECT_TRUE(axis.value(1).is_number_float());
+  EXPECT_EQ(axis.value(2), "a");
+  EXPECT_EQ(axis.value(3), true);
+  EXPECT_EQ(axis.value(4).dump(), "[1,2]");
+  EXPECT_EQ(axis.value(5).dump(), R"({"k":1})");
+}
+
+TEST(Axis, IntegerRangeGivesIntegers) {
+  const Axis axis = axis_from("x = { range = [0, 10, 2] }");
+  EXPECT_EQ(axis.kind, Axis::Kind::kRange);
+  EXPECT_TRUE(axis.integer);
+  EXPECT_EQ(values_of(axis), (std::vector<Json>{0, 2, 4, 6, 8}));
+  for (const Json& value : values_of(axis)) EXPECT_TRUE(value.is_number_integer()) << value;
+}
+
+TEST(Axis, RangeStopIsExclusiveAndStepDefaultsToOne) {
+  EXPECT_EQ(values_of(axis_from("x = { range = [3, 6] }")), (std::vector<Json>{3, 4, 5}));
+  EXPECT_EQ(values_of(axis_from("x = { range = [0, 9, 3] }")), (std::vector<Json>{0, 3, 6}));
+  EXPECT_EQ(axis_from("x = { range = [0, 10, 3] }").size(), 4U);  // 0 3 6 9
+  EXPECT_EQ(axis_from("x = { range = [20, 31] }").size(), 11U);
+}
+
+TEST(Axis, NegativeStepCountsDown) {
+  EXPECT_EQ(values_of(axis_from("x = { range = [10, 0, -3] }")), (std::vector<Json>{10, 7, 4, 1}));
+  EXPECT_EQ(values_of(axis_from("x = { range = [-1, -4, -1] }")), (std::vector<Json>{-1, -2, -3}));
+}
+
+TEST(Axis, RangeWithAnyFloatGivesDoubles) {
+  const Axis quarter = axis_from("x = { range = [0, 1, 0.25] }");
+  EXPECT_FALSE(quarter.integer);
+  EXPECT_EQ(values_of(quarter), (std::vector<Json>{0.0, 0.25, 0.5, 0.75}));
+  for (const Json& value : values_of(quarter)) EXPECT_TRUE(value.is_number_float()) << value;
+
+  const Axis float_stop = axis_from("x = { range = [0, 2.5] }");
+  EXPECT_EQ(values_of(float_stop), (std::vector<Json>{0.0, 1.0, 2.0}));
+  EXPECT_EQ(values_of(float_stop)[1].dump(), "1.0");
+
+  EXPECT_EQ(values_of(axis_from("x = { range = [1.0, 0, -0.5] }")), (std::vector<Json>{1.0, 0.5}));
+}
+
+TEST(Axis, LinspaceIncludesBothEndpoints) {
+  const Axis axis = axis_from("y = { linspace = [0.0, 1.0, 11] }");
+  EXPECT_EQ(axis.kind, Axis::Kind::kLinspace);
+  ASSERT_EQ(axis.size(), 11U);
+  EXPECT_EQ(axis.value(0).get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(axis.value(3).get<double>(), 0.3);
+  EXPECT_EQ(axis.value(10).get<double>(), 1.0);  // exactly stop
+
+  const Axis odd = axis_from("y = { linspace = [0.1, 0.7, 7] }");
+  EXPECT_EQ(odd.value(6).get<double>(), 0.7);
+
+  const Axis ints = axis_from("y = { linspace = [0, 10, 5] }");
+  EXPECT_EQ(values_of(ints), (std::vector<Json>{0.0, 2.5, 5.0, 7.5, 10.0}));
+  EXPECT_TRUE(ints.value(0).is_number_float());
+
+  EXPECT_EQ(values_of(axis_from("y = { linspace = [2, 1, 3] }")),
+            (std::vector<Json>{2.0, 1.5, 1.0}));
+}
+
+TEST(Axis, LinspaceWithOnePointIsStart) {
+  EXPECT_EQ(values_of(axis_from("y = { linspace = [4.5, 9, 1] }")), (std::vector<Json>{4.5}));
+}
+
+TEST(Axis, LogspaceIsPowersOfTen) {
+  const Axis axis = axis_from("z = { logspace = [-3, 0, 4] }");
+  EXPECT_EQ(axis.kind, Axis::Kind::kLogspace);
+  ASSERT_EQ(axis.size(), 4U);
+  EXPECT_DOUBLE_EQ(axis.value(0).get<double>(), 1e-3);
+  EXPECT_DOUBLE_EQ(axis.value(1).get<double>(), 1e-2);
+  EXPECT_DOUBLE_EQ(axis.value(2).get<double>(), 1e-1);
+  EXPECT_EQ(axis.value(3).get<double>(), 1.0);
+  EXPECT_TRUE(axis.value(0).is_number_float());
+
+  const Axis up = axis_from("z = { logspace = [2, 6, 3] }");
+  EXPECT_EQ(values_of(up), (std::vector<Json>{100.0, 10000.0, 1000000.0}));
+}
+
+TEST(Axis, TableFormAcceptsAnExplicitList) {
+  EXPECT_EQ(values_of(axis_from(R"(s = { list = ["a", "b"] })")), (std::vector<Json>{"a", "b"}));
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON forms
+
+constexpr std::string_view kEveryKindToml = R"(
+name = "all kinds"
+kernel = "noop"
+[params]
+seed = 7
+scale = 1.5
+tags = ["a", "b"]
+[params.opts]
+deep = { x = 1 }
+[grid]
+n = [10, 20, 30]
+x = { range = [0, 10, 2] }
+f = { range = [1.0, 0.0, -0.25] }
+y = { linspace = [0.0, 1.0, 11] }
+z = { logspace = [-3, 0, 4] }
+)";
+
+TEST(SweepJson, ToJsonIsTheNormalizedForm) {
+  const SweepSpec spec = from_toml(kEveryKindToml);
+  EXPECT_EQ(spec.to_json().dump(),
+            R"({"name":"all kinds","kernel":"noop",)"
+            R"("params":{"seed":7,"scale":1.5,"tags":["a","b"],"opts":{"deep":{"x":1}}},)"
+            R"("grid":[{"name":"n","list":[10,20,30]},{"name":"x","range":[0,10,2]},)"
+            R"({"name":"f","range":[1.0,0.0,-0.25]},{"name":"y","linspace":[0.0,1.0,11]},)"
+            R"({"name":"z","logspace":[-3.0,0.0,4]}]})");
+}
+
+TEST(SweepJson, FromJsonOfToJsonIsIdentity) {
+  const SweepSpec spec = from_toml(kEveryKindToml);
+  const SweepSpec again = SweepSpec::from_json(spec.to_json(), "SUBMIT");
+  EXPECT_EQ(again, spec);
+  EXPECT_EQ(again.to_json().dump(), spec.to_json().dump());
+
+  // Also through text, as it travels in SUBMIT and Redis.
+  const SweepSpec parsed = parse_sweep_json(spec.to_json().dump(), "SUBMIT");
+  EXPECT_EQ(parsed, spec);
+  EXPECT_EQ(parsed.to_json().dump(), spec.to_json().dump());
+  for (uint64_t i = 0; i < spec.total(); i += 97) {
+    EXPECT_EQ(parsed.params_at(i).dump(), spec.params_at(i).dump()) << "job " << i;
+  }
+}
+
+TEST(SweepJson, RoundTripWithoutGridOrName) {
+  const SweepSpec spec = from_toml("kernel = \"fib\"\n");
+  const Json json = spec.to_json();
+  EXPECT_FALSE(json.contains("grid"));
+  EXPECT_EQ(SweepSpec::from_json(json, "SUBMIT"), spec);
+}
+
+TEST(SweepJson, FileFormInJsonMatchesToml) {
+  const SweepSpec from_json_file = parse_sweep_json(R"({
+    "name": "fib-scan",
+    "kernel": "fib",
+    "params": {"seed": 1},
+    "grid": {"n": [10, 20, 30], "x": {"range": [0, 10, 2]}, "y": {"linspace": [0.0, 1.0, 11]}}
+  })",
+                                                    "test.json");
+  const SweepSpec from_toml_file = from_toml(R"(
+name = "fib-scan"
+kernel = "fib"
+[params]
+seed = 1
+[grid]
+n = [10, 20, 30]
+x = { range = [0, 10, 2] }
+y = { linspace = [0.0, 1.0, 11] }
+)");
+  EXPECT_EQ(from_json_file, from_toml_file);
+  EXPECT_EQ(from_json_file.to_json().dump(), from_toml_file.to_json().dump());
+  EXPECT_EQ(from_json_file.total(), 3U * 5U * 11U);
+  EXPECT_TRUE(from_json_file.params_at(0)["seed"].is_number_integer());
+}
+
+TEST(SweepJson, KeepsJsonKeyOrder) {
+  const SweepSpec spec =
+      parse_sweep_json(R"({"kernel": "noop", "grid": {"b": [1], "a": [2]}})", "test.json");
+  EXPECT_EQ(spec.params_at(0).dump(), R"({"b":1,"a":2})");
+}
+
+TEST(SweepJson, JsonIntegersBecomeSignedLikeToml) {
+  const SweepSpec spec = parse_sweep_json(
+      R"({"kernel": "noop", "params": {"a": 5, "b": [1, {"c": 2}]}, "grid": {"n": [3]}})",
+      "test.json");
+  const Json params = spec.params_at(0);
+  EXPECT_EQ(params["a"].type(), Json::value_t::number_integer);
+  EXPECT_EQ(params["b"][1]["c"].type(), Json::value_t::number_integer);
+  EXPECT_EQ(params["n"].type(), Json::value_t::number_integer);
+  EXPECT_EQ(spec, from_toml("kernel = \"noop\"\nparams = { a = 5, b = [1, { c = 2 }] }\n"
+                            "grid = { n = [3] }\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Files
+
+TEST(SweepFile, LoadsByExtensionOrBySniffing) {
+  const TempDir dir;
+  const std::string toml_text = "kernel = \"fib\"\n[grid]\nn = { range = [20, 31] }\n";
+  const std::string json_text = R"({"kernel": "fib", "grid": {"n": {"range": [20, 31]}}})";
+  const SweepSpec expected = from_toml(toml_text);
+
+  EXPECT_EQ(load_sweep_file(dir.write("a.toml", toml_text)), expected);
+  EXPECT_EQ(load_sweep_file(dir.write("a.json", json_text)), expected);
+  EXPECT_EQ(load_sweep_file(dir.write("a.sweep", "\n  " + json_text)), expected);
+  EXPECT_EQ(load_sweep_file(dir.write("a", toml_text)), expected);
+  EXPECT_EQ(load_sweep_file(dir.write("A.TOML", toml_text)), expected);
+}
+
+TEST(SweepFile, UnreadableFileNamesThePathAndTheReason) {
+  const TempDir dir;
+  const std::string missing = dir.path("missing.toml");
+  try {
+    load_sweep_file(missing);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& error) {
+    EXPECT_EQ(std::string(error.what()), missing + ": cannot read: No such file or directory");
+  }
+  try {
+    load_sweep_file(dir.path(""));  // a directory
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& error) {
+    EXPECT_THAT(error.what(), HasSubstr(": cannot read: Is a directory"));
+  }
+}
+
+TEST(SweepFile, ErrorsInAFileNameTheFile) {
+  const TempDir dir;
+  const std::string path = dir.write("bad.toml", "kernel = 3\n");
+  try {
+    load_sweep_file(path);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& error) {
+    EXPECT_THAT(error.what(), StartsWith(path + ": kernel: expected a string"));
+  }
+}
+
+// The sweeps shipped in examples/ parse and expand to the documented sizes.
+TEST(SweepFile, ExamplesLoad) {
+  const auto examples = std::filesystem::path(SIMQ_SOURCE_DIR) / "examples";
+  ASSERT_TRUE(std::filesystem::exists(examples / "demo.toml")) << examples;
+  const auto load = [&](const char* name) { return load_sweep_file((examples / name).string()); };
+  const SweepSpec demo = load("demo.toml");
+  EXPECT_EQ(demo.kernel, "mc_pi");
+  EXPECT_EQ(demo.total(), 12U);
+  EXPECT_EQ(load("fib.toml").kernel, "fib");
+  EXPECT_EQ(load("fib.json").to_json().dump(), load("fib.toml").to_json().dump());
+  EXPECT_EQ(load("mc_pi.toml").kernel, "mc_pi");
+  EXPECT_EQ(load("sleep.toml").total(), 8U);
+  const SweepSpec noop = load("noop.toml");
+  EXPECT_EQ(noop.kernel, "noop");
+  EXPECT_EQ(noop.grid.size(), 3U);
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors: each names the origin and the field, says what was expected and what was found.
+
+TEST(SweepErrors, TomlSyntaxErrorGivesLineAndColumn) {
+  EXPECT_THAT(toml_error("kernel = \"fib\"\n[grid]\nn = [1, 2\n"),
+              AllOf(StartsWith("test.toml:3:"), HasSubstr("TOML syntax error")));
+  EXPECT_THAT(toml_error("kernel = \"fib\"\nkernel = \"noop\"\n"),
+              AllOf(StartsWith("test.toml:2:"), HasSubstr("TOML syntax error"),
+                    HasSubstr("cannot redefine existing string 'kernel'")));
+}
+
+TEST(SweepErrors, JsonSyntaxErrorGivesLineAndColumn) {
+  EXPECT_THAT(json_error("{\n  \"kernel\": \"fib\",\n  x}"),
+              AllOf(StartsWith("test.json:3:3: JSON syntax error: "),
+                    HasSubstr("expected string literal")));
+  EXPECT_THAT(json_error(""), StartsWith("test.json:1:1: JSON syntax error: "));
+}
+
+TEST(SweepErrors, UnknownTopLevelKeyListsTheAllowedKeys) {
+  EXPECT_EQ(toml_error("kernal = \"fib\"\n"),
+            "test.toml: kernal: expected one of the keys name, kernel, params, grid, got an "
+            "unknown key (did you mean \"kernel\"?)");
+  EXPECT_THAT(toml_error("kernel = \"fib\"\n[sweep]\nx = 1\n"),
+              AllOf(HasSubstr("test.toml: sweep: expected one of the keys name, kernel, params, "
+                              "grid, got an unknown key"),
+                    testing::Not(HasSubstr("did you mean"))));
+}
+
+TEST(SweepErrors, KernelIsRequiredAndMustBeAName) {
+  EXPECT_EQ(toml_error("name = \"x\"\n"),
+            "test.toml: kernel: expected a kernel name such as \"fib\", got nothing (the key "
+            "is missing)");
+  EXPECT_EQ(toml_error("kernel = 3\n"),
+            "test.toml: kernel: expected a string naming a kernel, got an integer (3)");
+  EXPECT_THAT(toml_error("kernel = \"my kernel\"\n"),
+              HasSubstr("kernel: expected a name of 1 to 128 letters, digits, '_', '.' or '-', "
+                        "got a string (\"my kernel\")"));
+  EXPECT_THAT(toml_error("kernel = \"\"\n"), HasSubstr("kernel: expected a name of 1 to 128"));
+}
+
+TEST(SweepErrors, NameAndParamsTypes) {
+  EXPECT_EQ(toml_error("kernel = \"fib\"\nname = 5\n"),
+            "test.toml: name: expected a string, got an integer (5)");
+  EXPECT_EQ(toml_error("kernel = \"fib\"\nparams = [1, 2]\n"),
+            "test.toml: params: expected a table of constant parameters, got an array of 2 "
+            "elements ([1,2])");
+}
+
+TEST(SweepErrors, GridMustBeATable) {
+  EXPECT_EQ(toml_error("kernel = \"fib\"\ngrid = 5\n"),
+            "test.toml: grid: expected a table of varied parameters, got an integer (5)");
+}
+
+TEST(SweepErrors, EmptyGridIsRefused) {
+  EXPECT_EQ(toml_error("kernel = \"fib\"\n[grid]\n"),
+            "test.toml: grid: expected at least one varied parameter, got an empty table");
+  EXPECT_THAT(json_error(R"({"kernel": "fib", "grid": []})"),
+              HasSubstr("grid: expected at least one varied parameter, got an empty array"));
+}
+
+TEST(SweepErrors, AxisMustBeAListOrATable) {
+  EXPECT_EQ(toml_error("kernel = \"fib\"\n[grid]\nn = 5\n"),
+            "test.toml: grid.n: expected a list of values or a table with one of list, range, "
+            "linspace, logspace, got an integer (5)");
+}
+
+TEST(SweepErrors, UnknownAxisFormNamesTheAllowedForms) {
+  EXPECT_EQ(toml_error("kernel = \"fib\"\n[grid]\nx = { ranges = [0, 10] }\n"),
+            "test.toml: grid.x.ranges: expected one of the forms list, range, linspace, "
+            "logspace, got an unknown key (did you mean \"range\"?)");
+  EXPECT_THAT(toml_error("kernel = \"fib\"\n[grid]\nx = { range = [0, 1], list = [2] }\n"),
+              HasSubstr("grid.x: expected a table with exactly one of list, range, linspace, "
+                        "logspace, got a table"));
+  EXPECT_THAT(toml_error("kernel = \"fib\"\n[grid]\nx = {}\n"),
+              HasSubstr("grid.x: expected a table with exactly one of list, range, linspace, "
+                        "logspace, got an empty table"));
+}
+
+TEST(SweepErrors, RangeArguments) {
+  const auto grid = [](std::string_view axis) {
+    return toml_error(fmt::format("kernel = \"noop\"\n[grid]\n{}\n", axis));
+  };
+  EXPECT_EQ(grid(R"(x = { range = [0, "10"] })"),
+            "test.toml: grid.x.range[1]: expected a number, got a string (\"10\")");
+  EXPECT_EQ(grid("x = { range = [0, 10, 0] }"),
+            "test.toml: grid.x.range[2]: expected a non-zero step, got an integer (0)");
+  EXPECT_THAT(grid("x = { range = [0, 1, 0.0] }"),
+              HasSubstr("grid.x.range[2]: expected a non-zero step, got a float (0.0)"));
+  EXPECT_EQ(grid("x = { range = [0] }"),
+            "test.toml: grid.x.range: expected an array [start, stop] or [start, stop, step], "
+            "got an array of 1 element ([0])");
+  EXPECT_THAT(grid("x = { range = [0, 1, 2, 3] }"),
+              HasSubstr("grid.x.range: expected an array [start, stop] or [start, stop, step], "
+                        "got an array of 4 elements"));
+  EXPECT_THAT(grid("x = { range = 10 }"),
+              HasSubstr("grid.x.range: expected an array [start, stop] or [start, stop, step], "
+                        "got an integer (10)"));
+  EXPECT_THAT(grid("x = { range = [0, inf] }"),
+              HasSubstr("grid.x.range[1]: expected a finite number, got a float (inf)"));
+  EXPECT_THAT(grid("x = { range = [0, 9007199254740993] }"),
+              HasSubstr("grid.x.range[1]: expected an integer between -2^53 and 2^53"));
+  EXPECT_THAT(grid("x = { range = [-9223372036854775808, 0] }"),
+              HasSubstr("grid.x.range[0]: expected an integer between -2^53 and 2^53, got an "
+                        "integer (-9223372036854775808)"));
+}
+
+TEST(SweepErrors, EmptyAxisSaysItHasNoValues) {
+  const auto grid = [](std::string_view axis) {
+    return toml_error(fmt::format("kernel = \"noop\"\n[grid]\n{}\n", axis));
+  };
+  EXPECT_EQ(grid("x = { range = [5, 0, 1] }"),
+            "test.toml: grid.x: expected at least one value, got an empty range [5, 0, 1] "
+            "(counting down needs a negative step), so it has no values");
+  EXPECT_THAT(grid("x = { range = [3, 3] }"),
+              HasSubstr("grid.x: expected at least one value, got an empty range [3, 3] (stop "
+                        "is exclusive)"));
+  EXPECT_EQ(grid("n = []"), "test.toml: grid.n: expected at least one value, got an empty list");
+  EXPECT_EQ(grid("y = { linspace = [0, 1, 0] }"),
+            "test.toml: grid.y: expected at least one value, got an empty linspace (num = 0), "
+            "so it has no values");
+  EXPECT_THAT(grid("z = { logspace = [0, 1, 0] }"),
+              HasSubstr("grid.z: expected at least one value, got an empty logspace (num = 0)"));
+}
+
+TEST(SweepErrors, LinspaceAndLogspaceArguments) {
+  const auto grid = [](std::string_view axis) {
+    return toml_error(fmt::format("kernel = \"noop\"\n[grid]\n{}\n", axis));
+  };
+  EXPECT_EQ(grid("y = { linspace = [0, 1, -2] }"),
+            "test.toml: grid.y.linspace[2]: expected a positive integer (the number of points), "
+            "got an integer (-2)");
+  EXPECT_THAT(grid("y = { linspace = [0, 1, 2.5] }"),
+              HasSubstr("grid.y.linspace[2]: expected a positive integer (the number of "
+                        "points), got a float (2.5)"));
+  EXPECT_THAT(grid("y = { linspace = [0, 1] }"),
+              HasSubstr("grid.y.linspace: expected an array [start, stop, num], got an array of "
+                        "2 elements"));
+  EXPECT_THAT(grid("y = { linspace = [true, 1, 3] }"),
+              HasSubstr("grid.y.linspace[0]: expected a number, got a boolean (true)"));
+  EXPECT_THAT(grid("z = { logspace = [0, 400, 3] }"),
+              HasSubstr("grid.z.logspace[1]: expected a base-10 exponent between -307 and 308, "
+                        "got an integer (400)"));
+}
+
+TEST(SweepErrors, ParamInBothParamsAndGrid) {
+  EXPECT_EQ(toml_error("kernel = \"mc_pi\"\n[params]\nseed = 1\n[grid]\nseed = [1, 2]\n"),
+            "test.toml: grid.seed: expected a parameter either constant (in params) or varied "
+            "(in grid), got both: params.seed = 1 is also in params");
+}
+
+TEST(SweepErrors, TooManyJobs) {
+  EXPECT_EQ(toml_error(R"(
+kernel = "noop"
+[grid]
+a = { range = [0, 1000000] }
+b = { range = [0, 1000000] }
+c = [1, 2]
+)"),
+            "test.toml: grid: expected at most 1000000000000 jobs in total, got 2e+12 = 1000000 "
+            "(a) x 1000000 (b) x 2 (c)");
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[grid]\nx = { range = [0, 1e300, 1e-300] }\n"),
+              HasSubstr("grid.x: expected at most 1000000000000 values, got inf values"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[grid]\ny = { linspace = [0, 1, 2000000000000] }\n"),
+              HasSubstr("grid.y.linspace[2]: expected at most 1000000000000 points"));
+  // At the limit is fine.
+  EXPECT_EQ(from_toml("kernel = \"noop\"\n[grid]\na = { range = [0, 1000000] }\n"
+                      "b = { range = [0, 1000000] }\n")
+                .total(),
+            kMaxSweepJobs);
+}
+
+TEST(SweepErrors, DatesAndTimesAreNotValues) {
+  EXPECT_EQ(toml_error("kernel = \"noop\"\n[params]\nday = 1979-05-27\n"),
+            "test.toml: params.day: expected a string, number, boolean, array or table (dates "
+            "and times are not supported; quote them to pass a string), got a TOML date "
+            "(1979-05-27)");
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[grid]\nt = [07:32:00]\n"),
+              HasSubstr("grid.t[0]: expected a string, number, boolean, array or table"));
+}
+
+TEST(SweepErrors, NonFiniteConstants) {
+  EXPECT_EQ(toml_error("kernel = \"noop\"\n[params]\nx = nan\n"),
+            "test.toml: params.x: expected a finite number, got a float (nan)");
+}
+
+TEST(SweepErrors, OddKeysAreQuotedInFieldNames) {
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[grid]\n\"a b\" = []\n"),
+              HasSubstr("test.toml: grid.\"a b\": expected at least one value"));
+}
+
+TEST(SweepErrors, TopLevelMustBeATable) {
+  EXPECT_EQ(json_error("[1, 2]"),
+            "test.json: (top level): expected a table with the keys name, kernel, params, grid, "
+            "got an array of 2 elements ([1,2])");
+}
+
+TEST(SweepErrors, NormalizedGridEntries) {
+  EXPECT_EQ(json_error(R"({"kernel": "noop", "grid": [{"list": [1]}]})"),
+            "test.json: grid[0].name: expected a string naming the parameter, got nothing (the "
+            "key is missing)");
+  EXPECT_THAT(json_error(R"({"kernel": "noop", "grid": [5]})"),
+              HasSubstr("grid[0]: expected a table with a name and one of list, range, "
+                        "linspace, logspace, got an integer (5)"));
+  EXPECT_EQ(json_error(R"({"kernel": "noop", "grid": [{"name": "n", "list": [1]},
+                                                       {"name": "n", "range": [0, 2]}]})"),
+            "test.json: grid.n: expected each parameter varied by one axis, got a second axis "
+            "with this name");
+  EXPECT_THAT(json_error(R"({"kernel": "noop", "grid": [{"name": "n", "lst": [1]}]})"),
+              HasSubstr("grid.n.lst: expected one of the forms list, range, linspace, logspace, "
+                        "got an unknown key (did you mean \"list\"?)"));
+}
+
+}  // namespace
+}  // namespace simq

@@ -1,0 +1,116 @@
+// The built-in kernels: noop, sleep, fib and mc_pi, for demos, tests and benchmarks.
+// Thread-safety: stateless; run() may be called from many slots at once.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <numbers>
+#include <random>
+
+#include "kernel.h"
+
+namespace simq {
+
+namespace {
+
+// Returns its parameters as the result: measures the system, not the kernel.
+class NoopKernel final : public Kernel {
+ public:
+  std::string_view name() const override { return "noop"; }
+  std::string_view params_help() const override {
+    return "any params; returns the params as the result";
+  }
+  Json run(const Json& params, const KernelContext& /*ctx*/) const override {
+    if (!params.is_object()) {
+      throw KernelError("params: expected object, got " + describe_value(params));
+    }
+    return params;
+  }
+};
+
+// Sleeps, waking at once when the worker stops: a stand-in for long simulations.
+class SleepKernel final : public Kernel {
+ public:
+  std::string_view name() const override { return "sleep"; }
+  std::string_view params_help() const override {
+    return "seconds: number >= 0; returns {\"slept_s\": seconds}";
+  }
+  Json run(const Json& params, const KernelContext& ctx) const override {
+    const double seconds = number_param(params, "seconds", 0);
+    if (!sleep_unless_stopped(std::chrono::duration<double>(seconds), ctx.stop)) {
+      throw KernelCancelled("sleep: stopped");
+    }
+    return Json{{"slept_s", seconds}};
+  }
+};
+
+// The n-th Fibonacci number, iteratively; fib(92) is the largest that fits in an int64.
+class FibKernel final : public Kernel {
+ public:
+  static constexpr int64_t kMaxN = 92;
+
+  std::string_view name() const override { return "fib"; }
+  std::string_view params_help() const override {
+    return "n: integer 0 to 92; returns {\"value\": fib(n)} with fib(0) = 0, fib(1) = 1";
+  }
+  Json run(const Json& params, const KernelContext& /*ctx*/) const override {
+    const int64_t n = int_param(params, "n", 0, kMaxN);
+    uint64_t current = 0;  // fib(i)
+    uint64_t next = 1;     // fib(i + 1); fib(93) still fits in a uint64
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t sum = current + next;
+      current = next;
+      next = sum;
+    }
+    return Json{{"value", current}};
+  }
+};
+
+// Estimates pi by sampling points in the unit square: a CPU-bound kernel whose answer
+// depends only on (samples, seed).
+class McPiKernel final : public Kernel {
+ public:
+  static constexpr int64_t kMaxSamples = 10'000'000'000;
+  static constexpr uint64_t kSamplesBetweenStopChecks = uint64_t{1} << 20;
+
+  std::string_view name() const override { return "mc_pi"; }
+  std::string_view params_help() const override {
+    return "samples: integer 1 to 10^10, seed: integer (default 0); returns {\"pi\": estimate, "
+           "\"samples\": samples, \"error\": |estimate - pi|}";
+  }
+  Json run(const Json& params, const KernelContext& ctx) const override {
+    const auto samples = static_cast<uint64_t>(int_param(params, "samples", 1, kMaxSamples));
+    const int64_t seed = int_param_or(params, "seed", 0, std::numeric_limits<int64_t>::min(),
+                                      std::numeric_limits<int64_t>::max());
+    std::mt19937_64 random(static_cast<uint64_t>(seed));
+    // 53 random bits scaled to [0, 1): the same numbers on every platform, unlike
+    // std::uniform_real_distribution, whose algorithm each standard library chooses.
+    const auto uniform = [&random] { return static_cast<double>(random() >> 11) * 0x1.0p-53; };
+    uint64_t inside = 0;
+    for (uint64_t done = 0; done < samples;) {
+      throw_if_stopped(ctx, "mc_pi");
+      const uint64_t chunk = std::min(samples - done, kSamplesBetweenStopChecks);
+      for (uint64_t i = 0; i < chunk; ++i) {
+        const double x = uniform();
+        const double y = uniform();
+        inside += x * x + y * y < 1.0 ? 1 : 0;
+      }
+      done += chunk;
+    }
+    const double estimate = 4.0 * static_cast<double>(inside) / static_cast<double>(samples);
+    return Json{
+        {"pi", estimate}, {"samples", samples}, {"error", std::abs(estimate - std::numbers::pi)}};
+  }
+};
+
+}  // namespace
+
+void add_builtin_kernels(KernelRegistry& registry) {
+  registry.add(std::make_unique<NoopKernel>());
+  registry.add(std::make_unique<SleepKernel>());
+  registry.add(std::make_unique<FibKernel>());
+  registry.add(std::make_unique<McPiKernel>());
+}
+
+}  // namespace simq

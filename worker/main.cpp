@@ -1,0 +1,125 @@
+// simq-worker: parses options, checks Redis, runs a Worker until SIGINT/SIGTERM, and maps
+// errors to exit codes (2 usage, 3 Redis unreachable, 1 anything else). Single-threaded here.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "kernel.h"
+#include "simq/config.h"
+#include "simq/errors.h"
+#include "simq/log.h"
+#include "simq/redis.h"
+#include "simq/signals.h"
+#include "worker.h"
+
+namespace {
+
+constexpr auto kRedisCheckTimeout = std::chrono::milliseconds(2000);
+
+void print_kernels(const simq::KernelRegistry& kernels) {
+  size_t width = 0;
+  for (const auto& name : kernels.names()) width = std::max(width, name.size());
+  for (const auto& name : kernels.names()) {
+    fmt::print("{:<{}}  {}\n", name, width, kernels.find(name)->params_help());
+  }
+}
+
+// One PING, so a wrong address fails now with exit 3 rather than at the first result.
+void check_redis(const simq::RedisAddress& address) {
+  simq::Redis redis(address, kRedisCheckTimeout);
+  try {
+    redis.command({"PING"});
+  } catch (const simq::StoreError& e) {  // NOAUTH and the like: reachable but refusing us
+    throw simq::ConnectError(fmt::format("cannot use Redis at {}: {}", address.url(), e.what()));
+  }
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"simq-worker: runs jobs from a simq broker and writes their results to Redis",
+               "simq-worker"};
+  std::string broker;
+  std::string redis;
+  std::string name;
+  std::string log_level = "info";
+  unsigned slots = std::max(1u, std::thread::hardware_concurrency());
+  int heartbeat_ms = simq::kDefaultHeartbeatMs;
+  int liveness = simq::kDefaultLiveness;
+  bool list_kernels = false;
+  app.add_option(
+      "--broker", broker,
+      fmt::format("broker backend endpoint [env SIMQ_BACKEND, default {}]", simq::kDefaultBackend));
+  app.add_option(
+      "--redis", redis,
+      fmt::format("Redis for results [env SIMQ_REDIS, default {}]", simq::kDefaultRedis));
+  app.add_option("--slots", slots, "jobs run at once [default: number of CPUs]")
+      ->check(CLI::Range(1u, 100000u));
+  app.add_option("--name", name, "worker name in logs and job records [default host:pid]");
+  app.add_option("--heartbeat-ms", heartbeat_ms,
+                 "heartbeat interval until the broker sets it, in ms")
+      ->check(CLI::Range(10, 3'600'000))
+      ->capture_default_str();
+  app.add_option("--liveness", liveness,
+                 "heartbeats the broker may miss before it is presumed dead, until it sets it")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+  app.add_flag("--list-kernels", list_kernels, "print the kernels and their parameters, then exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? simq::kExitOk : simq::kExitUsage;  // --help exits 0
+  }
+
+  simq::KernelRegistry kernels = simq::KernelRegistry::with_builtins();
+  if (list_kernels) {
+    print_kernels(kernels);
+    return simq::kExitOk;
+  }
+
+  simq::install_stop_handlers();
+  simq::init_logging("simq-worker", log_level);
+  simq::WorkerOptions options;
+  options.broker = simq::setting(broker, "SIMQ_BACKEND", simq::kDefaultBackend);
+  options.redis =
+      simq::RedisAddress::parse(simq::setting(redis, "SIMQ_REDIS", simq::kDefaultRedis));
+  options.slots = slots;
+  options.name = name.empty() ? simq::process_name() : name;
+  options.heartbeat_ms = heartbeat_ms;
+  options.liveness = liveness;
+  check_redis(options.redis);
+
+  simq::Worker worker(std::move(options), std::move(kernels));
+  const int code = worker.run();
+  if (simq::stop_signals() >= 2) {
+    // Forced stop: do not wait (in ~Worker) for kernels that ignore their stop token.
+    spdlog::default_logger()->flush();
+    std::fflush(stdout);
+    std::_Exit(code);
+  }
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const simq::ConfigError& e) {
+    fmt::print(stderr, "simq-worker: {}\n", e.what());
+    return simq::kExitUsage;
+  } catch (const simq::ConnectError& e) {
+    fmt::print(stderr, "simq-worker: {}\n", e.what());
+    return simq::kExitUnreachable;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "simq-worker: {}\n", e.what());
+    return simq::kExitJobsFailed;
+  }
+}

@@ -1,0 +1,157 @@
+// The simq worker: an IO thread talking to the broker, slot threads running kernels, and a
+// writer thread putting results in Redis before the broker hears DONE. Thread-safety: run()
+// is called once, from one thread (it becomes the IO thread); the rest is internal.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+#include <zmq.hpp>
+
+#include "kernel.h"
+#include "simq/config.h"
+#include "simq/job.h"
+#include "simq/protocol.h"
+#include "simq/redis.h"
+#include "simq/store.h"
+#include "simq/sweep.h"
+
+namespace simq {
+
+struct WorkerOptions {
+  std::string broker = std::string(kDefaultBackend);  // the broker's backend endpoint
+  RedisAddress redis;                                 // where results are written
+  unsigned slots = 1;  // jobs run at once, the credit announced in HELLO; >= 1
+  std::string name;    // in logs and job records; "" = process_name() (host:pid)
+  int heartbeat_ms = kDefaultHeartbeatMs;  // ms between heartbeats until WELCOME sets it; > 0
+  int liveness = kDefaultLiveness;         // the broker is dead after heartbeat_ms * liveness of
+                                           // silence; until WELCOME sets it; > 0
+  int reconnect_min_ms = 500;     // first wait before reconnecting to a silent broker, in ms;
+                                  // doubles on each failure
+  int reconnect_max_ms = 5000;    // longest wait between reconnections, in ms
+  int redis_retry_min_ms = 100;   // first wait before retrying a failed Redis write, in ms;
+                                  // doubles on each failure
+  int redis_retry_max_ms = 2000;  // longest wait between Redis retries, in ms
+  size_t max_result_bytes = size_t{16} << 20;  // a larger job record fails the job; 0 = no limit
+  size_t max_cached_sweeps = 256;  // sweep specs kept in memory; 0 = fetch for every job
+};
+
+// Counters for logs and tests. Each is read and written atomically.
+struct WorkerStats {
+  std::atomic<uint64_t> succeeded{0};   // jobs that ended with a succeeded record
+  std::atomic<uint64_t> failed{0};      // jobs that ended failed (or whose sweep was missing)
+  std::atomic<uint64_t> cancelled{0};   // jobs stopped by a stop request, not recorded
+  std::atomic<uint64_t> malformed{0};   // messages from the broker that could not be understood
+  std::atomic<uint64_t> reconnects{0};  // times a silent broker was given up and reconnected
+};
+
+class Worker {
+ public:
+  // Connects to Redis (throws ConnectError if it cannot) but not yet to the broker.
+  Worker(WorkerOptions options, KernelRegistry kernels);
+  // Stops and joins the threads if run() did not (an exception, or a second stop signal).
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Serves the broker until stop_requested() (simq/signals.h): then stops taking jobs, stops
+  // running kernels (their jobs are not recorded: the broker requeues them), writes the
+  // finished ones to Redis, reports them DONE, sends BYE and returns 0. A second stop signal
+  // returns without waiting for the writes. Throws ConfigError for a bad broker endpoint.
+  int run();
+
+  const WorkerStats& stats() const { return stats_; }
+
+ private:
+  struct Connection;
+  struct SpecLookup;
+
+  // Jobs dispatched by the broker and not yet taken by a slot. IO thread -> slots.
+  class JobQueue {
+   public:
+    void push(const std::vector<JobRef>& jobs);
+    std::optional<JobRef> pop(const std::stop_token& stop);  // nullopt once stop is requested
+    size_t clear();                                          // returns how many were dropped
+
+   private:
+    std::mutex mutex_;
+    std::condition_variable_any ready_;
+    std::deque<JobRef> jobs_;
+  };
+
+  // Running marks (from the IO thread) and finished jobs (from the slots), for the writer.
+  // A finished job with an empty record is only reported DONE (its sweep is missing).
+  class WriteQueue {
+   public:
+    void push_marks(std::vector<JobWrite> marks);
+    void push_finished(JobWrite finished);
+    void close();  // no more items: the writer flushes what it has and says so
+    // Waits until something is queued or the queue is closed; moves everything queued to the
+    // end of `marks` and `finished`. Returns false if `stop` was requested.
+    bool take(const std::stop_token& stop, std::vector<JobWrite>& marks,
+              std::vector<JobWrite>& finished, bool& closed);
+    // Same, without waiting.
+    void take_now(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool& closed);
+
+   private:
+    std::mutex mutex_;
+    std::condition_variable_any ready_;
+    std::vector<JobWrite> marks_;
+    std::vector<JobWrite> finished_;
+    bool closed_ = false;
+  };
+
+  // IO thread.
+  void connect(Connection& connection);
+  void disconnect(Connection& connection);
+  void send_hello(Connection& connection);
+  void send(Connection& connection, Command command, std::string_view body);
+  void handle_broker_message(Connection& connection, bool stopping);
+  void on_dispatch(std::string_view body, bool stopping);
+  void begin_stop();
+
+  // Slot threads.
+  void slot_loop(const std::stop_token& stop);
+  void run_job(const JobRef& job, const std::stop_token& stop);
+  SpecLookup lookup_sweep(const std::string& sweep, const std::stop_token& stop);
+  std::string job_record(const JobRef& job, const std::string& kernel, const Json& params,
+                         const Json& result, const std::string* error, double started_at,
+                         double finished_at, double elapsed_s) const;
+
+  // Writer thread.
+  void writer_loop(const std::stop_token& stop);
+
+  WorkerOptions options_;
+  const KernelRegistry kernels_;
+  std::string kernel_list_;  // "fib, mc_pi, noop, sleep" for unknown-kernel errors
+  WorkerStats stats_;
+
+  zmq::context_t context_;  // destroyed after every socket (declared before the threads)
+  JobQueue jobs_;
+  WriteQueue writes_;
+  std::atomic<unsigned> slots_running_{0};
+
+  // Sweep specs by id. The Store fetches specs for the slots; both under specs_mutex_.
+  std::mutex specs_mutex_;
+  Store spec_store_;
+  std::unordered_map<std::string, std::shared_ptr<const SweepSpec>> specs_;
+  std::deque<std::string> spec_order_;  // insertion order, for eviction
+
+  Store writer_store_;  // used by the writer thread only
+
+  bool started_ = false;
+  // Declared last: destroyed (stopped and joined) before everything above they use.
+  std::jthread writer_;
+  std::vector<std::jthread> slots_;
+};
+
+}  // namespace simq
