@@ -221,7 +221,7 @@ bool for_each_record(Store& store, const SweepInfo& info, const std::optional<Sw
 }
 
 // The human view of a job record (terminal or running mark).
-std::string job_view(const Json& record, const SweepInfo* info, double now) {
+std::string job_view(const Json& record, double now) {
   std::string out;
   const auto text = [](const Json* value) {
     return value ? format_cell(*value, CellStyle::kCsv) : "";
@@ -229,12 +229,7 @@ std::string job_view(const Json& record, const SweepInfo* info, double now) {
   out += view_line("job", text(member(record, "job")));
   const std::string status = text(member(record, "status"));
   out += view_line("status", status);
-  const Json* kernel = member(record, "kernel");
-  if (kernel != nullptr) {
-    out += view_line("kernel", text(kernel));
-  } else if (info != nullptr) {
-    out += view_line("kernel", info->kernel);
-  }
+  if (const Json* kernel = member(record, "kernel")) out += view_line("kernel", text(kernel));
   const Json* params = member(record, "params");
   out += view_line("params", params ? compact(*params) : "?");
   const Json* result = member(record, "result");
@@ -372,7 +367,7 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
     const double took_s = info->finished_at >= info->created_at && info->finished_at > 0
                               ? info->finished_at - info->created_at
                               : elapsed_s();
-    fmt::print(stderr, "sweep {}: {}, {} succeeded, {} failed in {:.1f} s\n", sweep,
+    fmt::print(stderr, "sweep {}: {}, {} succeeded, {} failed in {:.2f} s\n", sweep,
                plural(info->total, "job"), info->succeeded, info->failed, took_s);
     std::fflush(stderr);
   }
@@ -451,47 +446,43 @@ int print_job(Store& store, const std::string& job_id, bool json, std::ostream& 
     complain("job id: expected <sweep>:<index>, got \"{}\"", job_id);
     return kExitUsage;
   }
-  const double now = unix_time();
-  const auto show = [&](const Json& record, const SweepInfo* info) {
-    out << (json ? pretty(record) + '\n' : job_view(record, info, now));
-  };
-  if (const auto text = store.job_record(sweep, index)) {
-    show(parse_job_record(*text, sweep, index), nullptr);
-    return kExitOk;
+  auto text = store.job_record(sweep, index);
+  std::optional<std::string> running;
+  std::optional<SweepInfo> info;
+  if (!text) {
+    info = store.sweep(sweep);
+    running = store.running_record(sweep, index);
+    // The job may have finished between the reads (its running mark goes with its result).
+    if (!running) text = store.job_record(sweep, index);
   }
-  const auto info = store.sweep(sweep);
-  const auto running = store.running_record(sweep, index);
-  // The job may have finished between the two reads (its running mark goes with the result).
-  const auto finished = running ? std::nullopt : store.job_record(sweep, index);
-  if (finished) {
-    show(parse_job_record(*finished, sweep, index), nullptr);
-    return kExitOk;
-  }
-  if (!running && (!info || index >= info->total)) {
-    complain("job {} not found", job_id);
-    return kExitJobsFailed;
-  }
-  const auto spec = info ? load_spec(*info) : std::nullopt;
   Json record;
-  if (running) {
+  if (text) {
+    record = parse_job_record(*text, sweep, index);
+    if (record["status"] == "corrupt") info = store.sweep(sweep);  // for kernel and params
+  } else if (running) {
     record = parse_job_record(*running, sweep, index);
-  } else {
+  } else if (info && index < info->total) {
     record = Json::object();
     record["job"] = simq::job_id(sweep, index);
     record["sweep"] = sweep;
     record["index"] = index;
     record["status"] = "queued";
+  } else {
+    complain("job {} not found", job_id);
+    return kExitJobsFailed;
   }
-  if (info && !record.contains("kernel")) record["kernel"] = info->kernel;
-  if (!record.contains("params") || record["params"].is_null()) {
-    record["params"] = derived_params(spec, index);
+  if (info) {
+    if (!record.contains("kernel")) record["kernel"] = info->kernel;
+    if (!record.contains("params") || record["params"].is_null()) {
+      record["params"] = derived_params(load_spec(*info), index);
+    }
   }
-  if (!json) {  // result and error are null until the job ends: leave them out of the view
+  if (!text && !json) {  // result and error are null until the job ends: not worth a line
     for (const char* key : {"result", "error"}) {
       if (record.contains(key) && record[key].is_null()) record.erase(key);
     }
   }
-  show(record, info ? &*info : nullptr);
+  out << (json ? pretty(record) + '\n' : job_view(record, unix_time()));
   return kExitOk;
 }
 

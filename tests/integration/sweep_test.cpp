@@ -142,6 +142,37 @@ i = { range = [0, 150] }
   EXPECT_THAT(cluster.logs(), HasSubstr("missed heartbeats"));
 }
 
+TEST(Sweep, LongJobsKeepTheirLeaseAndNeverExceedCredit) {
+  // Heartbeats every 100 ms, dead after 300 ms of silence: jobs of 1.2 s only survive if the
+  // worker keeps heartbeating while its kernels run.
+  TestCluster cluster({.workers = 1, .slots = 2, .heartbeat_ms = 100, .liveness = 3});
+  TempDir dir;
+  const auto file = write_file(dir, "long.toml",
+                               "kernel = \"sleep\"\n[grid]\nseconds = [1.2]\n"
+                               "i = { range = [0, 4] }\n");
+  const auto submitted = cluster.simq({"submit", file});
+  ASSERT_EQ(submitted.status, 0) << submitted.err;
+  const auto sweep = trim(submitted.out);
+  auto redis = cluster.redis().connect();
+  long long most_running = 0;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        most_running = std::max(
+            most_running, redis->command({"HLEN", "simq:sweep:" + sweep + ":running"}).integer);
+        return redis->command({"HGET", "simq:sweep:" + sweep, "status"}).str == "done";
+      },
+      30s))
+      << cluster.logs();
+  EXPECT_EQ(most_running, 2) << "a worker with 2 slots ran more (or fewer) than 2 jobs at once";
+  for (const auto& row : jsonl(cluster.simq({"results", sweep, "--format", "jsonl"}).out)) {
+    EXPECT_EQ(row["status"], "succeeded");
+    EXPECT_EQ(row["attempts"], 1) << "a long job was run twice: " << row.dump();
+  }
+  const auto status = Json::parse(redis->command({"GET", "simq:broker"}).str);
+  EXPECT_EQ(status["workers_lost"], 0);
+  EXPECT_EQ(status["late_done"], 0);
+}
+
 TEST(Sweep, UnknownKernelAndBadParamsEndFailedAndWorkerKeepsServing) {
   TestCluster cluster({.workers = 1});
   TempDir dir;

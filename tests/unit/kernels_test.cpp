@@ -98,8 +98,7 @@ TEST_F(KernelsTest, McPiIsCloseToPi) {
   const Json result = run("mc_pi", {{"samples", 1'000'000}, {"seed", 7}});
   const double pi = result.at("pi").get<double>();
   EXPECT_NEAR(pi, std::numbers::pi, 0.01);
-  EXPECT_EQ(result.at("samples").get<uint64_t>(), 1'000'000u);
-  EXPECT_DOUBLE_EQ(result.at("error").get<double>(), std::abs(pi - std::numbers::pi));
+  EXPECT_DOUBLE_EQ(result.at("abs_error").get<double>(), std::abs(pi - std::numbers::pi));
 }
 
 TEST_F(KernelsTest, McPiIsDeterministicForASeed) {
