@@ -32,11 +32,11 @@ constexpr size_t kEventBatch = 10000;                         // stream entries 
 // After a read that returned completions, wait this long before the next one: completions
 // come in bursts, and a 100k jobs/s sweep must not cost its watcher thousands of reads a second.
 constexpr auto kMinPollInterval = std::chrono::milliseconds(50);
-constexpr double kPlainProgressInterval_s = 5;  // between progress lines when not on a tty
-constexpr uint64_t kRecordChunk = 1000;         // job records per HMGET
-constexpr size_t kOutputBuffer = 1 << 20;       // bytes of results gathered before a write
-constexpr size_t kStatusSweeps = 20;            // sweeps listed by `simq status`
-constexpr size_t kLabelWidth = 10;              // "finished  " in the views of get and status
+constexpr double kPlainProgressSeconds = 5;  // between progress lines when not on a tty
+constexpr uint64_t kRecordChunk = 1000;      // job records per HMGET
+constexpr size_t kOutputBuffer = 1 << 20;    // bytes of results gathered before a write
+constexpr size_t kStatusSweeps = 20;         // sweeps listed by `simq status`
+constexpr size_t kLabelWidth = 10;           // "finished  " in the views of get and status
 
 template <typename... Args>
 void complain(fmt::format_string<Args...> format, Args&&... args) {
@@ -115,7 +115,9 @@ uint64_t count_at(const Json& object, const char* key) {
   if (value->is_number_integer()) {
     return static_cast<uint64_t>(std::max<int64_t>(0, value->get<int64_t>()));
   }
-  if (value->is_number_float()) return static_cast<uint64_t>(std::max(0.0, value->get<double>()));
+  if (value->is_number_float()) {
+    return static_cast<uint64_t>(std::clamp(value->get<double>(), 0.0, 1e18));
+  }
   return 0;
 }
 
@@ -133,7 +135,7 @@ class ProgressDisplay {
       const size_t width = text_width(line);
       fmt::print(stderr, "\r{}{}", line, std::string(drawn_ > width ? drawn_ - width : 0, ' '));
       drawn_ = width;
-    } else if (elapsed_s - last_line_s_ >= kPlainProgressInterval_s) {
+    } else if (elapsed_s - last_line_s_ >= kPlainProgressSeconds) {
       fmt::print(stderr, "{}\n", line);
       last_line_s_ = elapsed_s;
     }
@@ -240,8 +242,9 @@ std::string job_view(const Json& record, double now) {
   if (status == "failed" || status == "corrupt" || error != nullptr) {
     out += view_line("error", error ? text(error) : "(no message)");
   }
-  if (const Json* attempts = member(record, "attempts"))
+  if (const Json* attempts = member(record, "attempts")) {
     out += view_line("attempts", text(attempts));
+  }
   if (const Json* worker = member(record, "worker")) out += view_line("worker", text(worker));
   const Json* started = member(record, "started_at");
   const Json* finished = member(record, "finished_at");
@@ -358,8 +361,9 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
       return kExitJobsFailed;
     }
     if (sweep_done) break;
-    if (!events.empty() && !is_finished(*info))
+    if (!events.empty() && !is_finished(*info)) {
       std::this_thread::sleep_until(read_at + kMinPollInterval);
+    }
   }
   if (progress.on_tty()) progress.show(*info, rate(), elapsed_s());
   progress.end();

@@ -31,9 +31,10 @@ enum class ResultFormat { kTable, kCsv, kJsonl };
 ResultFormat parse_result_format(const std::string& text);
 
 // Writes the terminal records of a sweep in job order. table/csv: columns job, status, one
-// per parameter (in sweep order), one per top-level result key, error. jsonl: one JSON object
-// per job with at least job, status, params, result, error, attempts. Jobs without a
-// terminal record yet are left out, and a note "N of M jobs not finished" goes to stderr.
+// per parameter (in sweep order), one per top-level result key, attempts, error. jsonl: one
+// JSON object per job with at least job, status, params, result, error, attempts. Jobs
+// without a terminal record yet are left out, with a note on stderr
+// "simq: N of M jobs of sweep <id> have no result yet".
 // Returns kExitOk, or kExitJobsFailed if the sweep is not found.
 int print_results(Store& store, const std::string& sweep, ResultFormat format, std::ostream& out);
 
@@ -43,7 +44,7 @@ int print_results(Store& store, const std::string& sweep, ResultFormat format, s
 int print_job(Store& store, const std::string& job_id, bool json, std::ostream& out);
 
 // No sweep: the newest sweeps (id, name, kernel, done/failed/total, status, age) and the
-// broker's snapshot (workers, slots, queued, in flight; or "broker: no status (not running?)").
+// broker's snapshot (workers, slots, queued, in flight; or "broker: no status in Redis ...").
 // With a sweep: its counts. Returns kExitOk, or kExitJobsFailed if the sweep is not found.
 int print_status(Store& store, const std::optional<std::string>& sweep, std::ostream& out);
 

@@ -25,6 +25,21 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 )lua";
 
+// KEYS: sweep record, jobs hash, running hash.
+// ARGV: (index, mark) per job. A mark is only set for a job of a recorded sweep that has no
+// terminal record yet, so a late re-dispatch never leaves a stale mark behind.
+constexpr const char* kRunningScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local marked = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+    marked = marked + 1
+  end
+end
+return marked
+)lua";
+
 // KEYS: sweep record, jobs hash, running hash, events stream, active set.
 // ARGV: sweep id, now, then (index, status, record) per job.
 // Returns {stored, duplicates, orphans}.
@@ -34,8 +49,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, n} end
 local ok, failed, dup = 0, 0, 0
 for i = 3, #ARGV, 3 do
   local index, status = ARGV[i], ARGV[i + 1]
+  -- Once a job has a terminal record no running mark of it is current, whichever attempt set it.
+  redis.call('HDEL', KEYS[3], index)
   if redis.call('HSETNX', KEYS[2], index, ARGV[i + 2]) == 1 then
-    redis.call('HDEL', KEYS[3], index)
     redis.call('XADD', KEYS[4], '*', 'job', index, 'status', status)
     if status == 'succeeded' then ok = ok + 1 else failed = failed + 1 end
   else
@@ -198,17 +214,17 @@ void Store::mark_running(const std::vector<JobWrite>& jobs) {
   std::map<std::string, RedisArgs, std::less<>> by_sweep;
   for (const auto& w : jobs) {
     auto& args = by_sweep[w.job.sweep];
-    if (args.empty()) args = {"HSET", running_key(w.job.sweep)};
+    if (args.empty()) {
+      const auto& s = w.job.sweep;
+      args = {"EVALSHA", "", "3", sweep_key(s), jobs_key(s), running_key(s)};
+    }
     args.push_back(std::to_string(w.job.index));
     args.push_back(w.record);
   }
-  std::vector<RedisArgs> commands;
-  for (auto& [sweep, args] : by_sweep) commands.push_back(std::move(args));
-  for (const auto& reply : redis_.pipeline(commands)) {
-    if (reply.type == RedisReply::Type::kError) {
-      throw StoreError(fmt::format("Redis HSET of running marks failed: {}", reply.str));
-    }
-  }
+  std::vector<RedisArgs> calls;
+  calls.reserve(by_sweep.size());
+  for (auto& [sweep, args] : by_sweep) calls.push_back(std::move(args));
+  run_scripts(std::move(calls), running_sha_, kRunningScript);
 }
 
 FinishCounts Store::finish(const std::vector<JobWrite>& jobs) {

@@ -142,6 +142,37 @@ i = { range = [0, 150] }
   EXPECT_THAT(cluster.logs(), HasSubstr("missed heartbeats"));
 }
 
+TEST(Sweep, BrokerKilledMidSweepIsRebuiltFromRedis) {
+  TestCluster cluster;
+  TempDir dir;
+  const auto file = write_file(dir, "sleep.toml", R"(
+kernel = "sleep"
+[grid]
+seconds = [0.01]
+i = { range = [0, 400] }
+)");
+  const auto submitted = cluster.simq({"submit", file});
+  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  const auto sweep = trim(submitted.out);
+  auto redis = cluster.redis().connect();
+  const auto succeeded = [&] {
+    return std::stoi(redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"}).str);
+  };
+  ASSERT_TRUE(wait_until([&] { return succeeded() >= 50; }, 30s)) << cluster.logs();
+  cluster.restart_broker(SIGKILL);  // its queue and in-flight table are gone with it
+
+  // The new broker queues what Redis says is unfinished; the workers find it by themselves.
+  const auto waited = cluster.simq({"wait", sweep, "--timeout", "60"});
+  ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();
+  EXPECT_EQ(succeeded(), 400);
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 400);
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":running"}).integer, 0);
+  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 401);
+  EXPECT_EQ(cluster.worker(0).poll(), std::nullopt);
+  EXPECT_EQ(cluster.worker(1).poll(), std::nullopt);
+  EXPECT_THAT(cluster.logs(), HasSubstr("recovered sweep " + sweep));
+}
+
 TEST(Sweep, LongJobsKeepTheirLeaseAndNeverExceedCredit) {
   // Heartbeats every 100 ms, dead after 300 ms of silence: jobs of 1.2 s only survive if the
   // worker keeps heartbeating while its kernels run.

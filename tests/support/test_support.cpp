@@ -131,20 +131,31 @@ TestCluster::TestCluster() : TestCluster(Options{}) {}
 TestCluster::TestCluster(Options options) : options_(options) {
   frontend_ = fmt::format("tcp://127.0.0.1:{}", free_loopback_port());
   backend_ = fmt::format("tcp://127.0.0.1:{}", free_loopback_port());
+  start_broker();
+  for (int i = 0; i < options_.workers; ++i) add_worker();
+  if (!wait_until([&] { return connected_workers() == options_.workers; }, 10s)) {
+    throw std::runtime_error("workers did not connect: " + logs());
+  }
+}
+
+void TestCluster::start_broker() {
+  auto redis = redis_.connect();
+  redis->command({"DEL", "simq:broker"});
   broker_ = std::make_unique<ChildProcess>(
       std::vector<std::string>{bin("simq-broker"), "--frontend", frontend_, "--backend", backend_,
                                "--redis", redis_.url(), "--heartbeat-ms",
                                std::to_string(options_.heartbeat_ms), "--liveness",
                                std::to_string(options_.liveness)},
       dir_.file("broker.log"));
-  auto redis = redis_.connect();
   if (!wait_until([&] { return !redis->command({"GET", "simq:broker"}).is_nil(); }, 10s)) {
     throw std::runtime_error("broker did not start: " + logs());
   }
-  for (int i = 0; i < options_.workers; ++i) add_worker();
-  if (!wait_until([&] { return connected_workers() == options_.workers; }, 10s)) {
-    throw std::runtime_error("workers did not connect: " + logs());
-  }
+}
+
+void TestCluster::restart_broker(int signal) {
+  broker_->signal(signal);
+  broker_->wait(10s);
+  start_broker();
 }
 
 TestCluster::~TestCluster() {

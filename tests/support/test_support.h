@@ -96,6 +96,8 @@ class TestCluster {
   const std::string& backend() const { return backend_; }
 
   ChildProcess& broker() { return *broker_; }
+  // Kills the broker with `signal` and starts a new one on the same endpoints and Redis.
+  void restart_broker(int signal);
   ChildProcess& worker(size_t i) { return *workers_.at(i); }
   size_t add_worker();  // returns its number
 
@@ -109,6 +111,8 @@ class TestCluster {
   std::string logs() const;
 
  private:
+  void start_broker();
+
   Options options_;
   RedisServer redis_;
   TempDir dir_;

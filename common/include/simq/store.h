@@ -81,7 +81,8 @@ class Store {
   std::vector<SweepInfo> sweeps(size_t limit);  // newest first; drops expired ids from the index
   std::vector<std::string> active_sweeps();
 
-  // Running marks, one pipelined round trip for the batch.
+  // Running marks, one pipelined round trip for the batch (one script per sweep). No mark is
+  // set for a job that already has a terminal record or whose sweep is not recorded.
   void mark_running(const std::vector<JobWrite>& jobs);
 
   // Terminal records: one atomic script per sweep in the batch, all pipelined. A record is
@@ -111,6 +112,7 @@ class Store {
 
   Redis redis_;
   std::string create_sha_;
+  std::string running_sha_;
   std::string finish_sha_;
 };
 
