@@ -4,6 +4,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include <string>
+
 namespace simq {
+
 using Json = nlohmann::ordered_json;
+
+// Json as compact text that never throws: invalid UTF-8 (say, from a kernel's output) is
+// replaced by U+FFFD instead of raising type_error.
+inline std::string dump_lenient(const Json& value) {
+  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 }  // namespace simq
