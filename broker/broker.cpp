@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <utility>
 
@@ -51,44 +53,73 @@ Broker::Broker(zmq::context_t& context, BrokerOptions options)
 void Broker::recover() {
   // Redis is the source of truth: every sweep still in the active set is queued again,
   // except the jobs that already have a terminal record. Jobs that were running when the
-  // previous broker stopped get their next attempt number.
+  // previous broker stopped get their next attempt number. Memory is O(finished + running),
+  // never O(total): the gaps between finished jobs are queued as ranges.
   for (const auto& id : store_.active_sweeps()) {
-    const auto info = store_.sweep(id);
-    if (!info) {
-      spdlog::warn("active sweep {} has no record in Redis; skipped", id);
-      continue;
+    try {
+      recover_sweep(id);
+    } catch (const ConnectError&) {
+      throw;  // Redis went away: the broker cannot start
+    } catch (const std::exception& e) {
+      spdlog::error("cannot recover sweep {}: {}; its jobs are not queued", id, e.what());
     }
-    std::vector<bool> finished(info->total, false);
-    for (const auto& key : store_.redis().command({"HKEYS", jobs_key(id)}).elements) {
-      const uint64_t index = std::stoull(key.str);
-      if (index < info->total) finished[index] = true;
-    }
-    uint64_t requeued = 0;
-    const auto running = store_.redis().command({"HGETALL", running_key(id)});
-    for (size_t i = 0; i + 1 < running.elements.size(); i += 2) {
-      const uint64_t index = std::stoull(running.elements[i].str);
-      if (index >= info->total || finished[index]) continue;
-      const auto mark = Json::parse(running.elements[i + 1].str, nullptr, false);
-      const uint32_t attempts = mark.is_object() ? mark.value("attempts", 1u) : 1u;
-      dispatcher_.add_job(JobRef{id, index, attempts + 1});
-      finished[index] = true;  // queued now; not again in the ranges below
-      ++requeued;
-    }
-    uint64_t queued = requeued;
-    for (uint64_t first = 0; first < info->total;) {
-      if (finished[first]) {
-        ++first;
-        continue;
-      }
-      uint64_t end = first;
-      while (end < info->total && !finished[end]) ++end;
-      dispatcher_.add_range(id, first, end - first);
-      queued += end - first;
-      first = end;
-    }
-    spdlog::info("recovered sweep {}: {} of {} jobs queued ({} were running)", id, queued,
-                 info->total, requeued);
   }
+}
+
+void Broker::recover_sweep(const std::string& id) {
+  const auto info = store_.sweep(id);
+  if (!info) {
+    spdlog::warn("active sweep {} has no record in Redis; skipped", id);
+    return;
+  }
+  const auto index_of = [&](const std::string& field) -> std::optional<uint64_t> {
+    uint64_t index = 0;
+    const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), index);
+    if (ec != std::errc() || end != field.data() + field.size() || index >= info->total) {
+      return std::nullopt;
+    }
+    return index;
+  };
+  std::vector<uint64_t> taken;  // finished or re-queued below
+  store_.scan_hash(jobs_key(id), [&](const std::string& field, const std::string&) {
+    if (auto index = index_of(field)) taken.push_back(*index);
+  });
+  std::sort(taken.begin(), taken.end());
+  const auto finished = [&](uint64_t index) {
+    return std::binary_search(taken.begin(), taken.end(), index);
+  };
+  std::vector<JobRef> running;
+  store_.scan_hash(running_key(id), [&](const std::string& field, const std::string& value) {
+    const auto index = index_of(field);
+    if (!index || finished(*index)) return;
+    const auto mark = Json::parse(value, nullptr, false);
+    const auto* attempts =
+        mark.is_object() && mark.contains("attempts") ? &mark["attempts"] : nullptr;
+    const uint32_t last = attempts != nullptr && attempts->is_number_unsigned() &&
+                                  attempts->get<uint64_t>() < UINT32_MAX
+                              ? attempts->get<uint32_t>()
+                              : 1;
+    running.push_back(JobRef{id, *index, last + 1});
+  });
+  for (const auto& job : running) {
+    dispatcher_.add_job(job);
+    taken.push_back(job.index);
+  }
+  std::sort(taken.begin(), taken.end());
+  taken.erase(std::unique(taken.begin(), taken.end()), taken.end());
+  uint64_t queued = running.size();
+  uint64_t next = 0;
+  for (const uint64_t index : taken) {
+    if (index > next) dispatcher_.add_range(id, next, index - next);
+    queued += index > next ? index - next : 0;
+    next = index + 1;
+  }
+  if (next < info->total) {
+    dispatcher_.add_range(id, next, info->total - next);
+    queued += info->total - next;
+  }
+  spdlog::info("recovered sweep {}: {} of {} jobs queued ({} were running)", id, queued,
+               info->total, running.size());
 }
 
 void Broker::refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
@@ -161,10 +192,11 @@ void Broker::on_backend(const Envelope& message) {
   if (message.command == Command::kHello) {
     const auto hello = decode_hello(message.body);
     if (dispatcher_.has_worker(worker)) drop_worker(worker, "said HELLO again");
-    dispatcher_.add_worker(worker, hello.slots);
+    dispatcher_.add_worker(worker, hello.slots, hello.busy);
     workers_[worker] = WorkerInfo{hello.name, hello.slots};
     liveness_.touch(worker, now);
-    spdlog::info("worker {} joined with {} slots", hello.name, hello.slots);
+    spdlog::info("worker {} joined with {} slots ({} still busy with earlier jobs)", hello.name,
+                 hello.slots, hello.busy);
     send_to_worker(worker, Command::kWelcome,
                    encode(WelcomeMsg{static_cast<uint64_t>(options_.heartbeat_ms),
                                      static_cast<uint64_t>(options_.liveness)}));
@@ -176,15 +208,22 @@ void Broker::on_backend(const Envelope& message) {
     refuse(backend_, worker, 0, "unknown_worker", "unknown worker: send HELLO first");
     return;
   }
-  liveness_.touch(worker, now);
+  // A message counts as a sign of life only once its body decoded.
   switch (message.command) {
-    case Command::kDone:
-      for (const auto& done : decode_done(message.body).jobs) {
-        if (!dispatcher_.complete(worker, done.job)) ++counters_.late_done;
+    case Command::kDone: {
+      const auto done = decode_done(message.body);
+      liveness_.touch(worker, now);
+      for (const auto& job : done.jobs) {
+        if (dispatcher_.complete(worker, job.job)) continue;
+        // Not in flight here: a job of the worker's earlier session (frees a busy slot),
+        // or a late or duplicate report.
+        if (!dispatcher_.release_busy(worker)) ++counters_.late_done;
       }
       return;
+    }
     case Command::kHeartbeat:
       decode_empty(message.body, "HEARTBEAT");
+      liveness_.touch(worker, now);
       return;
     case Command::kBye:
       drop_worker(worker, "said BYE");
@@ -249,16 +288,16 @@ void Broker::publish_status() {
                        {"workers", std::move(workers)},          {"queued", dispatcher_.queued()},
                        {"in_flight", dispatcher_.in_flight()},   {"malformed", counters_.malformed},
                        {"unroutable", counters_.unroutable},     {"late_done", counters_.late_done},
-                       {"workers_lost", counters_.workers_lost}, {"updated_at", unix_time()}};
-  static bool warned = false;
+                       {"workers_lost", counters_.workers_lost}, {"requeued", counters_.requeued},
+                       {"submitted", counters_.submitted},       {"updated_at", unix_time()}};
   try {
     store_.put_broker_status(status,
                              std::chrono::milliseconds(options_.heartbeat_ms * options_.liveness));
-    if (warned) spdlog::info("Redis at {} is reachable again", options_.redis.url());
-    warned = false;
+    if (status_unpublished_) spdlog::info("Redis at {} is reachable again", options_.redis.url());
+    status_unpublished_ = false;
   } catch (const Error& e) {
-    if (!warned) spdlog::warn("cannot publish status: {}", e.what());
-    warned = true;
+    if (!status_unpublished_) spdlog::warn("cannot publish status: {}", e.what());
+    status_unpublished_ = true;
   }
 }
 
@@ -305,10 +344,14 @@ void Broker::run() {
           }
           refuse(socket, message->identity, 0, "bad_body", e.what());
         } catch (const std::exception& e) {
-          // Anything else a message provoked: counted and logged, never fatal.
-          ++counters_.malformed;
-          spdlog::error("error handling a message on the {}: {}", i == 0 ? "frontend" : "backend",
-                        e.what());
+          // Anything else a message provoked: answered, counted and logged, never fatal.
+          if (worth_logging(++counters_.malformed)) {
+            spdlog::error("error handling a {} on the {}: {}", command_name(message->command),
+                          i == 0 ? "frontend" : "backend", e.what());
+          }
+          refuse(socket, message->identity, 0, "internal",
+                 fmt::format("the broker could not handle this {}: {}",
+                             command_name(message->command), e.what()));
         }
       }
       if (!any) break;

@@ -57,6 +57,7 @@ class Broker {
   };
 
   void recover();
+  void recover_sweep(const std::string& id);
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);
   void on_submit(const Envelope& message);
@@ -78,6 +79,7 @@ class Broker {
   Liveness liveness_;
   std::unordered_map<WorkerId, WorkerInfo> workers_;
   BrokerCounters counters_;
+  bool status_unpublished_ = false;  // the last status snapshot could not be written
 };
 
 }  // namespace simq

@@ -26,19 +26,30 @@ void Dispatcher::add_job(const JobRef& job) {
   push_back(intern(job.sweep), job.index, 1, job.attempt);
 }
 
-void Dispatcher::add_worker(const WorkerId& worker, uint32_t credit) {
+void Dispatcher::add_worker(const WorkerId& worker, uint32_t credit, uint32_t busy) {
   if (auto known = worker_index_.find(worker); known != worker_index_.end()) {
     // Joined again under the same id: take the new credit, keep what is in flight on it.
     Worker& w = *known->second;
     free_credit_ -= w.free();
     w.credit = credit;
+    w.busy = busy;
     free_credit_ += w.free();
     return;
   }
   // Never served, so served before every worker that was, in joining order.
-  unserved_.push_back(Worker{.id = worker, .credit = credit});
+  unserved_.push_back(Worker{.id = worker, .credit = credit, .busy = busy});
   worker_index_.emplace(unserved_.back().id, std::prev(unserved_.end()));
-  free_credit_ += credit;
+  free_credit_ += unserved_.back().free();
+}
+
+bool Dispatcher::release_busy(const WorkerId& worker) {
+  auto known = worker_index_.find(worker);
+  if (known == worker_index_.end() || known->second->busy == 0) return false;
+  Worker& w = *known->second;
+  free_credit_ -= w.free();
+  --w.busy;
+  free_credit_ += w.free();
+  return true;
 }
 
 bool Dispatcher::has_worker(const WorkerId& worker) const { return worker_index_.contains(worker); }
@@ -239,7 +250,7 @@ bool Dispatcher::track(Worker& worker, const JobKey& key, uint32_t attempt) {
     worker.oldest = entry;
   }
   worker.newest = entry;
-  assert(worker.in_flight < worker.credit);
+  assert(worker.in_flight + worker.busy < worker.credit);
   ++worker.in_flight;
   --free_credit_;
   ++sweeps_[key.sweep].refs;

@@ -32,8 +32,9 @@ class Dispatcher {
   // Queues single jobs (recovered from Redis or requeued) behind everything queued.
   void add_job(const JobRef& job);
 
-  // A worker joins with `credit` slots; it has none in flight.
-  void add_worker(const WorkerId& worker, uint32_t credit);
+  // A worker joins with `credit` slots; it has none in flight. `busy` of its slots are still
+  // taken by jobs from an earlier session (their DONEs will come later, see release_busy).
+  void add_worker(const WorkerId& worker, uint32_t credit, uint32_t busy = 0);
   bool has_worker(const WorkerId& worker) const;
 
   // A worker is gone (missed heartbeats, BYE). Its in-flight jobs go back to the FRONT of
@@ -43,6 +44,10 @@ class Dispatcher {
   // A worker reports a job finished. Returns false (and changes nothing) if that job is not
   // in flight on that worker with that attempt: a late or duplicate report.
   bool complete(const WorkerId& worker, const JobRef& job);
+
+  // After complete() returned false: if the worker still has busy slots from an earlier
+  // session, one of them is free now (its old job reported). Returns whether it had one.
+  bool release_busy(const WorkerId& worker);
 
   // Hands queued jobs to workers with free credit, at most `max_batch` per worker per
   // call, FIFO in job order, spreading across workers (the worker served longest ago first).
@@ -104,11 +109,12 @@ class Dispatcher {
     WorkerId id;
     uint32_t credit = 0;
     uint32_t in_flight = 0;
+    uint32_t busy = 0;                // slots taken by jobs of an earlier session
     bool served = false;              // in served_ (else in unserved_)
     InFlightEntry* oldest = nullptr;  // head of this worker's in-flight list
     InFlightEntry* newest = nullptr;  // tail
 
-    uint32_t free() const { return credit > in_flight ? credit - in_flight : 0; }
+    uint32_t free() const { return credit > in_flight + busy ? credit - in_flight - busy : 0; }
   };
   using WorkerList = std::list<Worker>;
 

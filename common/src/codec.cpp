@@ -92,6 +92,43 @@ msgpack::object_handle unpack(std::string_view bytes, const UnpackLimits& limits
 
 namespace {
 
+// Strict UTF-8 (no overlongs, no surrogates, at most U+10FFFF): JSON text must be valid.
+bool valid_utf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    size_t extra = 0;
+    uint32_t code = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      extra = 1;
+      code = c & 0x1Fu;
+    } else if ((c & 0xF0) == 0xE0) {
+      extra = 2;
+      code = c & 0x0Fu;
+    } else if ((c & 0xF8) == 0xF0) {
+      extra = 3;
+      code = c & 0x07u;
+    } else {
+      return false;
+    }
+    if (i + extra >= text.size()) return false;  // truncated sequence
+    for (size_t k = 1; k <= extra; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0) != 0x80) return false;
+      code = (code << 6) | (next & 0x3Fu);
+    }
+    static constexpr uint32_t kSmallest[] = {0, 0x80, 0x800, 0x10000};
+    if (code < kSmallest[extra] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
 Json to_json_at(const msgpack::object& value, std::string_view what, size_t depth) {
   if (depth > 64) throw ProtocolError(fmt::format("{}: nested too deeply", what));
   switch (value.type) {
@@ -106,8 +143,13 @@ Json to_json_at(const msgpack::object& value, std::string_view what, size_t dept
     case msgpack::type::FLOAT32:
     case msgpack::type::FLOAT64:
       return value.via.f64;
-    case msgpack::type::STR:
-      return std::string(value.via.str.ptr, value.via.str.size);
+    case msgpack::type::STR: {
+      const std::string_view text(value.via.str.ptr, value.via.str.size);
+      if (!valid_utf8(text)) {
+        throw ProtocolError(fmt::format("{}: a string is not valid UTF-8", what));
+      }
+      return std::string(text);
+    }
     case msgpack::type::ARRAY: {
       Json out = Json::array();
       for (uint32_t i = 0; i < value.via.array.size; ++i) {
@@ -123,8 +165,11 @@ Json to_json_at(const msgpack::object& value, std::string_view what, size_t dept
           throw ProtocolError(
               fmt::format("{}: map keys must be strings, got {}", what, type_name(kv.key)));
         }
-        out[std::string(kv.key.via.str.ptr, kv.key.via.str.size)] =
-            to_json_at(kv.val, what, depth + 1);
+        const std::string_view key(kv.key.via.str.ptr, kv.key.via.str.size);
+        if (!valid_utf8(key)) {
+          throw ProtocolError(fmt::format("{}: a map key is not valid UTF-8", what));
+        }
+        out[std::string(key)] = to_json_at(kv.val, what, depth + 1);
       }
       return out;
     }

@@ -143,10 +143,11 @@ std::string encode(const ErrorMsg& msg) {
 }
 
 std::string encode(const HelloMsg& msg) {
-  return pack_map(3, [&](Packer& p) {
+  return pack_map(4, [&](Packer& p) {
     pack_field(p, "name", msg.name);
     pack_field(p, "slots", msg.slots);
     pack_field(p, "kernels", msg.kernels);
+    pack_field(p, "busy", msg.busy);
   });
 }
 
@@ -226,9 +227,15 @@ ErrorMsg decode_error(std::string_view body) {
 HelloMsg decode_hello(std::string_view body) {
   const auto handle = unpack(body);
   const MapReader r(handle.get(), "HELLO");
-  HelloMsg msg{r.str("name"), to_u32(r, "slots", r.u64("slots")), r.str_list_or("kernels")};
-  if (msg.slots == 0) {
-    throw ProtocolError("HELLO: field 'slots': expected at least 1, got 0");
+  HelloMsg msg{r.str("name"), to_u32(r, "slots", r.u64("slots")), r.str_list_or("kernels"),
+               to_u32(r, "busy", r.u64_or("busy", 0))};
+  if (msg.slots == 0 || msg.slots > kMaxSlots) {
+    throw ProtocolError(
+        fmt::format("HELLO: field 'slots': expected 1 to {}, got {}", kMaxSlots, msg.slots));
+  }
+  if (msg.busy > msg.slots) {
+    throw ProtocolError(fmt::format("HELLO: field 'busy': expected at most slots ({}), got {}",
+                                    msg.slots, msg.busy));
   }
   return msg;
 }
@@ -314,15 +321,12 @@ std::optional<Envelope> receive(zmq::socket_t& socket, bool routed) {
 bool send(zmq::socket_t& socket, Command command, std::string_view body,
           const std::string* identity) {
   try {
-    if (identity != nullptr) {
-      if (!socket.send(zmq::buffer(*identity),
-                       zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
-        return false;
-      }
-    }
-    const auto name = command_name(command);
-    socket.send(zmq::buffer(kProtocol), zmq::send_flags::sndmore);
-    socket.send(zmq::buffer(name), zmq::send_flags::sndmore);
+    // Only the first frame may fail for lack of room (dontwait); once it is out, ZeroMQ
+    // takes the rest of the message whole.
+    const auto first = identity != nullptr ? zmq::buffer(*identity) : zmq::buffer(kProtocol);
+    if (!socket.send(first, zmq::send_flags::sndmore | zmq::send_flags::dontwait)) return false;
+    if (identity != nullptr) socket.send(zmq::buffer(kProtocol), zmq::send_flags::sndmore);
+    socket.send(zmq::buffer(command_name(command)), zmq::send_flags::sndmore);
     socket.send(zmq::buffer(body), zmq::send_flags::none);
     return true;
   } catch (const zmq::error_t& e) {

@@ -286,6 +286,19 @@ std::vector<std::optional<std::string>> Store::job_records(const std::string& sw
   return out;
 }
 
+void Store::scan_hash(
+    const std::string& key,
+    const std::function<void(const std::string& field, const std::string& value)>& visit) {
+  std::string cursor = "0";
+  do {
+    const auto reply = redis_.command({"HSCAN", key, cursor, "COUNT", "10000"});
+    if (reply.elements.size() != 2) throw StoreError("HSCAN: unexpected reply");
+    cursor = reply.elements[0].str;
+    const auto& pairs = reply.elements[1].elements;
+    for (size_t i = 0; i + 1 < pairs.size(); i += 2) visit(pairs[i].str, pairs[i + 1].str);
+  } while (cursor != "0");
+}
+
 std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std::string& after,
                                             std::chrono::milliseconds block, size_t count) {
   redis_.set_timeout(block + std::chrono::milliseconds(5000));

@@ -45,7 +45,8 @@ TEST(Protocol, ControlMessagesRoundTrip) {
   const auto error = decode_error(encode(ErrorMsg{4, "bad_spec", "kernel: expected string"}));
   EXPECT_EQ(error.code, "bad_spec");
   EXPECT_EQ(error.message, "kernel: expected string");
-  const auto hello = decode_hello(encode(HelloMsg{"host:42", 4, {"fib", "noop"}}));
+  const auto hello = decode_hello(encode(HelloMsg{"host:42", 4, {"fib", "noop"}, 1}));
+  EXPECT_EQ(hello.busy, 1u);
   EXPECT_EQ(hello.name, "host:42");
   EXPECT_EQ(hello.slots, 4u);
   EXPECT_EQ(hello.kernels, (std::vector<std::string>{"fib", "noop"}));
@@ -91,7 +92,15 @@ TEST(Protocol, MissingAndMistypedFieldsAreNamed) {
   EXPECT_THAT(protocol_error([&] {
                 decode_hello(encode(HelloMsg{"w", 0, {}}));
               }),
-              HasSubstr("expected at least 1, got 0"));
+              HasSubstr("HELLO: field 'slots': expected 1 to 100000, got 0"));
+  EXPECT_THAT(protocol_error([&] {
+                decode_hello(encode(HelloMsg{"w", 200000, {}}));
+              }),
+              HasSubstr("expected 1 to 100000, got 200000"));
+  EXPECT_THAT(protocol_error([&] {
+                decode_hello(encode(HelloMsg{"w", 2, {}, 3}));
+              }),
+              HasSubstr("HELLO: field 'busy': expected at most slots (2), got 3"));
 }
 
 TEST(Protocol, SweepIdsAreRestricted) {
@@ -148,6 +157,30 @@ TEST(Codec, RefusesNonStringMapKeysInJson) {
   const auto handle = unpack(std::string_view(buffer.data(), buffer.size()));
   EXPECT_THAT(protocol_error([&] { to_json(handle.get(), "params"); }),
               HasSubstr("params: map keys must be strings, got unsigned integer"));
+}
+
+TEST(Codec, RefusesInvalidUtf8InStringsAndKeys) {
+  const auto body = [](const std::string& key, const std::string& value) {
+    msgpack::sbuffer buffer;
+    msgpack::packer<msgpack::sbuffer> p(buffer);
+    p.pack_map(1);
+    p.pack(key);
+    p.pack(value);
+    return std::string(buffer.data(), buffer.size());
+  };
+  const auto convert = [](const std::string& bytes) {
+    const auto handle = unpack(bytes);
+    return to_json(handle.get(), "spec");
+  };
+  EXPECT_EQ(convert(body("k", "h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"))["k"],
+            "h\u00e9 \u20ac \U0001F600");
+  for (const std::string bad :
+       {"\xff", "\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "a\xe2\x82"}) {
+    EXPECT_THAT(protocol_error([&] { convert(body("k", bad)); }),
+                HasSubstr("spec: a string is not valid UTF-8"));
+  }
+  EXPECT_THAT(protocol_error([&] { convert(body("\xfe", "v")); }),
+              HasSubstr("spec: a map key is not valid UTF-8"));
 }
 
 TEST(Codec, RandomBytesNeverCrash) {

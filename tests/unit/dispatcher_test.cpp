@@ -354,6 +354,26 @@ TEST(Dispatcher, DuplicateCompleteIsRejected) {
   EXPECT_EQ(d.in_flight(), 0u);
 }
 
+TEST(Dispatcher, BusySlotsFromAnEarlierSessionHoldCreditUntilReported) {
+  Dispatcher d;
+  d.add_range("s", 0, 10);
+  d.add_worker("w", 3, 2);  // reconnected while two old jobs still run
+  EXPECT_EQ(d.free_credit("w"), 1u);
+  auto first = d.dispatch(100);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].jobs, (std::vector<JobRef>{{"s", 0, 1}}));
+  EXPECT_TRUE(d.dispatch(100).empty());
+  // An old job's DONE is not in flight here; it frees one busy slot.
+  EXPECT_FALSE(d.complete("w", JobRef{"old", 7, 1}));
+  EXPECT_TRUE(d.release_busy("w"));
+  EXPECT_EQ(d.free_credit("w"), 1u);
+  EXPECT_EQ(d.dispatch(100).at(0).jobs, (std::vector<JobRef>{{"s", 1, 1}}));
+  EXPECT_TRUE(d.release_busy("w"));
+  EXPECT_FALSE(d.release_busy("w"));  // no busy slot left: a later stray DONE frees nothing
+  EXPECT_EQ(d.free_credit("w"), 1u);
+  EXPECT_EQ(d.in_flight("w"), 2u);
+}
+
 TEST(Dispatcher, SpreadsFewJobsAcrossIdleWorkersRoundRobin) {
   Dispatcher d;
   d.add_worker("a", 4);

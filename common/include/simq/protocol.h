@@ -18,6 +18,9 @@ namespace simq {
 
 inline constexpr std::string_view kProtocol = "SIMQ1";
 
+// Most slots one worker may announce.
+inline constexpr uint32_t kMaxSlots = 100000;
+
 enum class Command {
   // client <-> broker frontend
   kSubmit,     // client: record and queue a sweep
@@ -70,8 +73,10 @@ struct ErrorMsg {
 
 struct HelloMsg {
   std::string name;                  // "host:pid", for logs and job records
-  uint32_t slots = 0;                // jobs it runs at once: its credit
+  uint32_t slots = 0;                // jobs it runs at once: its credit (1 to kMaxSlots)
   std::vector<std::string> kernels;  // kernels it can run
+  uint32_t busy = 0;  // slots still taken by jobs of an earlier session (<= slots); each of
+                      // their DONEs, arriving later, frees one
 };
 
 struct WelcomeMsg {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -94,6 +95,12 @@ class Store {
   // Terminal records of jobs [first, first+count), std::nullopt where none.
   std::vector<std::optional<std::string>> job_records(const std::string& sweep, uint64_t first,
                                                       uint64_t count);
+
+  // Visits every field of a hash with HSCAN (batches of 10,000), so a hash of 10^7 fields
+  // never has to fit in one reply. Fields may be visited twice if the hash changes meanwhile.
+  void scan_hash(
+      const std::string& key,
+      const std::function<void(const std::string& field, const std::string& value)>& visit);
 
   // Completion events after `after` ("0" = from the start), waiting up to `block` for the
   // first one. Empty on timeout.
