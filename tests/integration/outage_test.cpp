@@ -1,0 +1,89 @@
+// Services that are gone or silent: a broker whose Redis is down refuses submissions
+// (nothing is acknowledged that is not recorded), and simq commands facing a Redis that
+// accepts connections but never answers give up with exit 3 instead of hanging.
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <zmq.hpp>
+
+#include "simq/protocol.h"
+#include "test_support.h"
+
+namespace simq::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(Outage, BrokerRefusesSubmissionsItCannotRecord) {
+  TestCluster cluster({.workers = 0});
+  cluster.redis().stop();
+
+  zmq::context_t context;
+  zmq::socket_t client(context, zmq::socket_type::dealer);
+  client.set(zmq::sockopt::linger, 0);
+  client.set(zmq::sockopt::rcvtimeo, 15000);
+  client.connect(cluster.frontend());
+  const Json spec = {{"kernel", "noop"}, {"grid", {{"x", {1, 2}}}}};
+  const auto body = encode(SubmitMsg{11, "outage1", spec});
+  for (const std::string& frame : {std::string(kProtocol), std::string("SUBMIT")}) {
+    client.send(zmq::buffer(frame), zmq::send_flags::sndmore);
+  }
+  client.send(zmq::buffer(body), zmq::send_flags::none);
+  std::vector<zmq::message_t> reply(3);
+  for (auto& frame : reply) ASSERT_TRUE(client.recv(frame)) << "no reply within 15 s";
+  ASSERT_EQ(reply[1].to_string(), "ERROR");
+  const auto error = decode_error(reply[2].to_string());
+  EXPECT_EQ(error.code, "store_unavailable");
+  EXPECT_EQ(error.req, 11u);
+  EXPECT_THAT(error.message, HasSubstr(cluster.redis().url()));
+  EXPECT_EQ(cluster.broker().poll(), std::nullopt) << "the broker must keep running";
+}
+
+// A TCP listener that never accepts: connections complete (the kernel's backlog) but no
+// byte ever comes back.
+class SilentServer {
+ public:
+  SilentServer() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof address;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+        ::listen(fd_, 16) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      throw std::runtime_error("cannot listen");
+    }
+    port_ = ntohs(address.sin_port);
+  }
+  ~SilentServer() { ::close(fd_); }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+TEST(Outage, SilentRedisEndsInExitThreeNotAHang) {
+  SilentServer silent;
+  const auto url = fmt::format("redis://127.0.0.1:{}", silent.port());
+  for (const auto& command :
+       std::vector<std::vector<std::string>>{{"status"}, {"wait", "abc"}, {"get", "abc:1"}}) {
+    auto argv = command;
+    argv.insert(argv.begin(), bin("simq"));
+    argv.insert(argv.end(), {std::string("--redis"), url});
+    const auto start = std::chrono::steady_clock::now();
+    const auto result = run_command(argv, 30s);
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(result.status, 3) << command[0] << ": " << result.err;
+    EXPECT_THAT(result.err, HasSubstr(url)) << command[0];
+    EXPECT_LT(took, 10s) << command[0] << " took too long to give up";
+  }
+}
+
+}  // namespace
+}  // namespace simq::test
