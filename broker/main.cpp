@@ -1,13 +1,13 @@
-// simq-broker: parse options, build the Broker, run it; errors become exit codes here.
+// simq-broker: parse options, build the Broker, run it; run_main() maps errors to exit codes.
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
-#include <iostream>
 
 #include "broker.h"
 #include "simq/config.h"
 #include "simq/errors.h"
 #include "simq/log.h"
+#include "simq/main_support.h"
 #include "simq/signals.h"
 
 int main(int argc, char** argv) {
@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? simq::kExitOk : simq::kExitUsage;
   }
-  try {
+  return simq::run_main("simq-broker", [&] {
     simq::init_logging("simq-broker", log_level);
     options.redis =
         simq::RedisAddress::parse(simq::setting(redis, "SIMQ_REDIS", simq::kDefaultRedis));
@@ -51,14 +51,5 @@ int main(int argc, char** argv) {
     simq::Broker broker(context, options);
     broker.run();
     return simq::kExitOk;
-  } catch (const simq::ConfigError& e) {
-    std::cerr << "simq-broker: " << e.what() << "\n";
-    return simq::kExitUsage;
-  } catch (const simq::ConnectError& e) {
-    std::cerr << "simq-broker: " << e.what() << "\n";
-    return simq::kExitUnreachable;
-  } catch (const std::exception& e) {
-    std::cerr << "simq-broker: " << e.what() << "\n";
-    return simq::kExitJobsFailed;
-  }
+  });
 }

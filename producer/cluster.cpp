@@ -10,12 +10,9 @@
 
 #include <algorithm>
 #include <cassert>
-#include <cerrno>
 #include <csignal>
 #include <cstdlib>
-#include <deque>
 #include <filesystem>
-#include <fstream>
 #include <system_error>
 #include <utility>
 
@@ -31,17 +28,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr milliseconds kPollInterval{20};        // readiness checks while starting
-constexpr milliseconds kReapInterval{10};        // waitpid checks while stopping
-constexpr milliseconds kWatchInterval{200};      // the watcher's checks of the children
-constexpr milliseconds kRedisProbeTimeout{500};  // one PING to our redis-server
+constexpr milliseconds kPollInterval{20};    // readiness checks while starting
+constexpr milliseconds kReapInterval{10};    // waitpid checks while stopping
+constexpr milliseconds kWatchInterval{200};  // the watcher's checks of the children
 constexpr milliseconds kBrokerProbeTimeout{250};
 constexpr milliseconds kExternalRedisTimeout{2000};
 constexpr milliseconds kKillTimeout{10000};  // reaping after SIGKILL
-constexpr int kRedisAttempts = 3;            // ports may be taken between probe and bind
-constexpr size_t kLogTailLines = 10;
-
-std::string error_text(int error) { return std::system_category().message(error); }
 
 double seconds(milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; }
 
@@ -86,20 +78,6 @@ std::string find_program(const std::string& name, const std::string& bin_dir, bo
   throw ConfigError(fmt::format("cannot find {}: looked {}on $PATH{}", name, looked, hint));
 }
 
-// The last lines of a log file, indented, after a heading; "" if it is missing or empty.
-std::string log_tail(const std::string& path, std::string_view heading) {
-  std::ifstream file(path);
-  std::deque<std::string> lines;
-  for (std::string line; std::getline(file, line);) {
-    lines.push_back(std::move(line));
-    if (lines.size() > kLogTailLines) lines.pop_front();
-  }
-  if (lines.empty()) return "";
-  std::string text = fmt::format("\n{}:", heading);
-  for (const auto& line : lines) text += "\n  " + line;
-  return text;
-}
-
 void check_interrupted(std::string_view starting) {
   if (stop_requested()) throw Error(fmt::format("interrupted while starting {}", starting));
 }
@@ -120,25 +98,6 @@ std::optional<int> peek(const ChildProcess& process) {
 }
 
 }  // namespace
-
-// ---- TempDir ----
-
-TempDir::TempDir(const std::string& prefix) {
-  const char* tmpdir = std::getenv("TMPDIR");
-  const std::string parent = tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp";
-  std::string pattern = parent + "/" + prefix + "XXXXXX";
-  if (::mkdtemp(pattern.data()) == nullptr) {
-    throw Error(
-        fmt::format("cannot create a temporary directory in {}: {}", parent, error_text(errno)));
-  }
-  path_ = std::move(pattern);
-}
-
-TempDir::~TempDir() {
-  std::error_code error;
-  std::filesystem::remove_all(path_, error);
-  if (error) spdlog::warn("cannot remove {}: {}", path_, error.message());
-}
 
 // ---- LocalCluster ----
 
@@ -182,45 +141,13 @@ void LocalCluster::start() {
 }
 
 void LocalCluster::start_redis(const std::string& program) {
-  temp_dir_.emplace("simq-");
-  const std::string log = temp_dir_->path() + "/redis.log";
-  std::string failure;
-  for (int attempt = 1; attempt <= kRedisAttempts; ++attempt) {
-    check_interrupted("redis-server");
-    RedisAddress address;
-    address.port = free_loopback_port();
-    redis_ = Child{"redis-server",
-                   std::make_unique<ChildProcess>(std::vector<std::string>{
-                       program, "--bind", "127.0.0.1", "--port", std::to_string(address.port),
-                       "--dir", temp_dir_->path(), "--save", "", "--appendonly", "no",
-                       "--daemonize", "no", "--logfile", log})};
-    const auto deadline = Clock::now() + options_.start_timeout;
-    for (;;) {
-      if (const auto status = redis_.process->poll()) {
-        failure = describe(redis_.name, *redis_.process, *status) + " at start";
-        break;
-      }
-      try {
-        Redis redis(address, kRedisProbeTimeout);
-        redis.command({"PING"});
-        redis_url_ = address.url();
-        spdlog::info("redis-server (pid {}) is up at {}", redis_.process->pid(), redis_url_);
-        return;
-      } catch (const ConnectError&) {  // not listening yet
-      } catch (const StoreError&) {    // listening, still loading
-      }
-      if (Clock::now() >= deadline) {
-        throw ConnectError(fmt::format("redis-server (pid {}) did not answer PING within {:g} s{}",
-                                       redis_.process->pid(), seconds(options_.start_timeout),
-                                       log_tail(log, "its log ends")));
-      }
-      check_interrupted("redis-server");
-      std::this_thread::sleep_for(kPollInterval);
-    }
-    spdlog::info("{} (attempt {} of {})", failure, attempt, kRedisAttempts);
-    redis_.process.reset();
-  }
-  throw ConnectError(failure + log_tail(log, "its log ends"));
+  EmbeddedRedisOptions redis_options;
+  redis_options.program = program;
+  redis_options.start_timeout = options_.start_timeout;
+  redis_options.stop_timeout = options_.stop_timeout;
+  redis_options.stop_on_signal = true;
+  redis_.emplace(std::move(redis_options));
+  redis_url_ = redis_->url();
 }
 
 void LocalCluster::start_broker(const std::string& program) {
@@ -305,12 +232,18 @@ void LocalCluster::watch(const std::stop_token& token) {
     spdlog::info("cluster failure: {}", why);
     if (options_.stop_on_failure) request_stop();
   };
+  bool redis_ended = false;
   while (!token.stop_requested()) {
-    for (const Child* service : {&redis_, &broker_}) {
-      if (!service->process || has_ended(service)) continue;
-      if (const auto status = peek(*service->process)) {
-        ended.push_back(service);
-        fail(describe(service->name, *service->process, *status));
+    if (const ChildProcess* redis = redis_ ? redis_->process() : nullptr; redis && !redis_ended) {
+      if (const auto status = peek(*redis)) {
+        redis_ended = true;
+        fail(describe("redis-server", *redis, *status));
+      }
+    }
+    if (broker_.process && !has_ended(&broker_)) {
+      if (const auto status = peek(*broker_.process)) {
+        ended.push_back(&broker_);
+        fail(describe(broker_.name, *broker_.process, *status));
       }
     }
     for (const auto& worker : workers_) {
@@ -368,11 +301,16 @@ void LocalCluster::stop() {
   for (const auto& worker : workers_) workers.push_back(&worker);
   stop_group(workers, options_.stop_timeout);
   stop_group({&broker_}, options_.stop_timeout);
-  stop_group({&redis_}, options_.stop_timeout);
+  if (redis_) {
+    const ChildProcess* process = redis_->process();
+    const pid_t pid = process != nullptr ? process->pid() : -1;
+    if (const auto status = redis_->stop()) {
+      spdlog::debug("redis-server (pid {}) {}", pid, ChildProcess::describe_status(*status));
+    }
+    redis_.reset();  // and its temp dir
+  }
   workers_.clear();
   broker_.process.reset();
-  redis_.process.reset();
-  temp_dir_.reset();
 }
 
 }  // namespace simq

@@ -1,7 +1,8 @@
 // LocalCluster: the embedded default (DESIGN.md principle 7) — a redis-server on a free
-// loopback port in a temp dir, a simq-broker and N simq-workers, as child processes
-// (simq/child_process.h) that die with this process. Not thread-safe: one thread starts and
-// stops a cluster (the one whose end should end the children); failure() is thread-safe.
+// loopback port in a temp dir (simq/embedded_redis.h), a simq-broker and N simq-workers, as
+// child processes (simq/child_process.h) that die with this process. Not thread-safe: one
+// thread starts and stops a cluster (the one whose end should end the children); failure() is
+// thread-safe.
 #pragma once
 
 #include <chrono>
@@ -14,23 +15,9 @@
 #include <vector>
 
 #include "simq/child_process.h"
+#include "simq/embedded_redis.h"
 
 namespace simq {
-
-// A temporary directory "<$TMPDIR or /tmp>/<prefix>XXXXXX", removed with its contents when
-// destroyed.
-class TempDir {
- public:
-  explicit TempDir(const std::string& prefix);  // throws Error if it cannot be created
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 struct ClusterOptions {
   unsigned workers = 1;            // simq-worker processes, at least 1
@@ -95,8 +82,7 @@ class LocalCluster {
   std::string redis_url_;
   std::string frontend_;
   std::string backend_;
-  std::optional<TempDir> temp_dir_;
-  Child redis_;
+  std::optional<EmbeddedRedis> redis_;  // unless options_.redis
   Child broker_;
   std::vector<Child> workers_;
 

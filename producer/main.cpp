@@ -1,13 +1,13 @@
-// simq: the command-line client. Parses the subcommands, runs one (commands.h), and maps
-// errors to exit codes here, once. Single-threaded here.
+// simq: the command-line client. Parses the subcommands and runs one (commands.h); run_main()
+// maps errors to exit codes. Single-threaded here.
 #include <CLI/CLI.hpp>
-#include <exception>
 #include <iostream>
 #include <string>
 
 #include "commands.h"
 #include "simq/errors.h"
 #include "simq/log.h"
+#include "simq/main_support.h"
 
 namespace {
 
@@ -43,7 +43,7 @@ int run_cli(int argc, char** argv) {
   app.require_subcommand(0, 1);
   const std::string exit_codes =
       "Exit codes: 0 success, 1 jobs failed or not found, 2 usage or input error, 3 cannot reach "
-      "a service.";
+      "a service, 130 interrupted (Ctrl-C) while waiting (wait, run, submit --wait).";
   app.footer(exit_codes);  // inherited by the subcommands added below
 
   simq::CommonOptions common;
@@ -125,16 +125,5 @@ int run_cli(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run_cli(argc, argv);
-  } catch (const simq::ConfigError& e) {
-    std::cerr << "simq: " << e.what() << "\n";
-    return simq::kExitUsage;
-  } catch (const simq::ConnectError& e) {
-    std::cerr << "simq: " << e.what() << "\n";
-    return simq::kExitUnreachable;
-  } catch (const std::exception& e) {
-    std::cerr << "simq: " << e.what() << "\n";
-    return simq::kExitJobsFailed;
-  }
+  return simq::run_main("simq", [&] { return run_cli(argc, argv); });
 }

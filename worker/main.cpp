@@ -1,5 +1,5 @@
-// simq-worker: parses options, checks Redis, runs a Worker until SIGINT/SIGTERM, and maps
-// errors to exit codes (2 usage, 3 Redis unreachable, 1 anything else). Single-threaded here.
+// simq-worker: parses options, checks Redis, runs a Worker until SIGINT/SIGTERM; run_main()
+// maps errors to exit codes (2 usage, 3 Redis unreachable, 1 other). Single-threaded here.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -15,6 +15,7 @@
 #include "simq/config.h"
 #include "simq/errors.h"
 #include "simq/log.h"
+#include "simq/main_support.h"
 #include "simq/redis.h"
 #include "simq/signals.h"
 #include "worker.h"
@@ -110,16 +111,5 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(argc, argv);
-  } catch (const simq::ConfigError& e) {
-    fmt::print(stderr, "simq-worker: {}\n", e.what());
-    return simq::kExitUsage;
-  } catch (const simq::ConnectError& e) {
-    fmt::print(stderr, "simq-worker: {}\n", e.what());
-    return simq::kExitUnreachable;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "simq-worker: {}\n", e.what());
-    return simq::kExitJobsFailed;
-  }
+  return simq::run_main("simq-worker", [&] { return run(argc, argv); });
 }

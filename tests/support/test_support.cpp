@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -22,53 +23,6 @@ std::string bin(const std::string& name) {
   return fmt::format("{}/{}", dir != nullptr ? dir : own_directory(), name);
 }
 
-TempDir::TempDir() {
-  std::string pattern = (std::filesystem::temp_directory_path() / "simq-test-XXXXXX").string();
-  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
-
-RedisServer::RedisServer() {
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    port_ = free_loopback_port();
-    process_ = std::make_unique<ChildProcess>(
-        std::vector<std::string>{"redis-server", "--bind", "127.0.0.1", "--port",
-                                 std::to_string(port_), "--dir", dir_.path(), "--save", "",
-                                 "--appendonly", "no", "--daemonize", "no"},
-        dir_.file("redis.log"));
-    const bool up = wait_until(
-        [&] {
-          if (process_->poll()) return true;  // exited: port taken, try another
-          try {
-            Redis redis(address(), 200ms);
-            return redis.command({"PING"}).str == "PONG";
-          } catch (const Error&) {
-            return false;
-          }
-        },
-        10s);
-    if (up && !process_->poll()) return;
-    process_.reset();
-  }
-  throw std::runtime_error("redis-server did not start: " + read_file(dir_.file("redis.log")));
-}
-
-RedisServer::~RedisServer() { stop(); }
-
-void RedisServer::stop() {
-  if (process_) process_->stop(5s);
-  process_.reset();
-}
-
-std::string RedisServer::url() const { return fmt::format("redis://127.0.0.1:{}", port_); }
-
-RedisAddress RedisServer::address() const { return RedisAddress::parse(url()); }
-
 std::unique_ptr<Redis> RedisServer::connect() const { return std::make_unique<Redis>(address()); }
 
 bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout) {
@@ -80,12 +34,25 @@ bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds ti
   }
 }
 
-CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+CommandResult run_command(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                          ProcessMap* children) {
   TempDir dir;
   CommandResult result;
   {
     ChildProcess child(argv, dir.file("out"), dir.file("err"));
-    if (auto status = child.wait(timeout)) {
+    std::optional<int> status;
+    if (children == nullptr) {
+      status = child.wait(timeout);
+    } else {
+      wait_until(
+          [&] {
+            note_children(child.pid(), *children);
+            status = child.poll();
+            return status.has_value();
+          },
+          timeout);
+    }
+    if (status) {
       result.status = *status;
     } else {
       child.stop(2s);
@@ -104,20 +71,67 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
-std::vector<int> processes_matching(const std::string& needle) {
+std::string command_line(int pid) {
+  auto cmdline = read_file(fmt::format("/proc/{}/cmdline", pid));
+  for (auto& c : cmdline) {
+    if (c == '\0') c = ' ';
+  }
+  return cmdline;  // zombies have an empty command line
+}
+
+namespace {
+
+// Pids in /proc, except this process.
+std::vector<int> all_processes() {
   std::vector<int> pids;
   const int self = ::getpid();
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     const auto name = entry.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
     const int pid = std::stoi(name);
-    if (pid == self) continue;
-    auto cmdline = read_file(entry.path().string() + "/cmdline");
-    for (auto& c : cmdline) {
-      if (c == '\0') c = ' ';
-    }
-    // Zombies have an empty command line; they are not running.
+    if (pid != self) pids.push_back(pid);
+  }
+  return pids;
+}
+
+}  // namespace
+
+std::vector<int> processes_matching(const std::string& needle) {
+  std::vector<int> pids;
+  for (const int pid : all_processes()) {
+    const auto cmdline = command_line(pid);
     if (!cmdline.empty() && cmdline.find(needle) != std::string::npos) pids.push_back(pid);
+  }
+  return pids;
+}
+
+std::vector<int> child_processes(int parent) {
+  std::vector<int> pids;
+  for (const int pid : all_processes()) {
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last
+    // ')'.
+    const auto stat = read_file(fmt::format("/proc/{}/stat", pid));
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream fields(stat.substr(close + 1));
+    char state = '?';
+    int ppid = 0;
+    if (fields >> state >> ppid && ppid == parent && state != 'Z') pids.push_back(pid);
+  }
+  return pids;
+}
+
+void note_children(int parent, ProcessMap& children) {
+  for (const int pid : child_processes(parent)) {
+    auto line = command_line(pid);
+    if (!line.empty()) children[pid] = std::move(line);
+  }
+}
+
+std::vector<int> still_running(const ProcessMap& started) {
+  std::vector<int> pids;
+  for (const auto& [pid, line] : started) {
+    if (command_line(pid) == line) pids.push_back(pid);
   }
   return pids;
 }

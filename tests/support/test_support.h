@@ -5,12 +5,15 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "simq/child_process.h"
+#include "simq/embedded_redis.h"
 #include "simq/redis.h"
+#include "simq/temp_dir.h"
 
 namespace simq::test {
 
@@ -19,38 +22,19 @@ using namespace std::chrono_literals;
 // Path of a simq program in the build's bin folder ($SIMQ_BIN_DIR, set by ctest).
 std::string bin(const std::string& name);
 
-// A fresh directory removed with everything in it when this goes away.
-class TempDir {
+// A fresh directory "<$TMPDIR or /tmp>/simq-test-XXXXXX", removed with everything in it when
+// this goes away.
+class TempDir : public simq::TempDir {
  public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string file(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
+  TempDir() : simq::TempDir("simq-test-") {}
 };
 
-// A redis-server of its own, on 127.0.0.1 and a free port, stopped in the destructor.
-class RedisServer {
+// A redis-server of its own (simq/embedded_redis.h: 127.0.0.1, a free port, a temp dir, no
+// persistence), stopped in the destructor.
+class RedisServer : public EmbeddedRedis {
  public:
-  RedisServer();
-  ~RedisServer();
-  RedisServer(const RedisServer&) = delete;
-  RedisServer& operator=(const RedisServer&) = delete;
-
-  int port() const { return port_; }
-  std::string url() const;
-  RedisAddress address() const;
-  std::unique_ptr<Redis> connect() const;
-  void stop();
-
- private:
-  TempDir dir_;
-  int port_ = 0;
-  std::unique_ptr<ChildProcess> process_;
+  RedisServer() = default;
+  std::unique_ptr<Redis> connect() const;  // a new connection to it
 };
 
 // Polls `ready` every few milliseconds until it is true or `timeout` passes.
@@ -62,15 +46,34 @@ struct CommandResult {
   std::string err;
 };
 
-// Runs a program to completion (killed after `timeout`), capturing stdout and stderr.
+// Pid -> command line of processes a program started.
+using ProcessMap = std::map<int, std::string>;
+
+// Runs a program to completion (killed after `timeout`), capturing stdout and stderr. With
+// `children`, also notes the processes it starts (polling /proc while it runs, with the last
+// command line seen of each), so that a test can check that none outlives it.
 CommandResult run_command(const std::vector<std::string>& argv,
-                          std::chrono::milliseconds timeout = 60s);
+                          std::chrono::milliseconds timeout = 60s, ProcessMap* children = nullptr);
 
 // Reads a whole file ("" if it cannot be read).
 std::string read_file(const std::string& path);
 
 // Pids of processes whose command line contains `needle` (to prove none was left behind).
+// redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
 std::vector<int> processes_matching(const std::string& needle);
+
+// Pids of the running (not zombie) children of process `parent`.
+std::vector<int> child_processes(int parent);
+
+// Adds the running children of `parent` to `children`, with their current command lines.
+void note_children(int parent, ProcessMap& children);
+
+// The processes of `started` that still run the same command line (so not a reused pid).
+std::vector<int> still_running(const ProcessMap& started);
+
+// The command line of a running process, arguments separated by spaces ("" if it is gone or a
+// zombie).
+std::string command_line(int pid);
 
 }  // namespace simq::test
 
