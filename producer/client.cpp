@@ -10,6 +10,7 @@
 #include <optional>
 #include <utility>
 
+#include "simq/codec.h"
 #include "simq/errors.h"
 
 namespace simq {
@@ -24,15 +25,21 @@ constexpr milliseconds kResendInterval{1000};
 // Waits for the reply to request `req`, sending `body` again every kResendInterval. `decode`
 // turns the expected reply's body into a Reply with a `req` field; replies to other requests
 // (late answers to earlier ones) are dropped.
+// Counts in `sends` the times `body` went out.
 template <typename Reply, typename Decode>
 Reply await_reply(zmq::socket_t& socket, const std::string& endpoint, Command command, uint64_t req,
-                  const std::string& body, Command expected, Decode decode, milliseconds timeout) {
+                  const std::string& body, Command expected, Decode decode, milliseconds timeout,
+                  int& sends) {
   const auto deadline = Clock::now() + timeout;
   auto next_send = Clock::now();
   std::string unavailable;  // the broker's last "store_unavailable" message, if any
   for (auto now = Clock::now(); now < deadline; now = Clock::now()) {
     if (now >= next_send) {
-      if (!send(socket, command, body)) spdlog::debug("{}: send would block", endpoint);
+      if (send(socket, command, body)) {
+        ++sends;
+      } else {
+        spdlog::debug("{}: send would block", endpoint);
+      }
       next_send = now + kResendInterval;
     }
     zmq::pollitem_t item{socket.handle(), 0, ZMQ_POLLIN, 0};
@@ -98,19 +105,48 @@ BrokerClient::BrokerClient(std::string endpoint)
   }
 }
 
-SubmittedMsg BrokerClient::submit(const std::string& sweep_id, const SweepSpec& spec,
-                                  milliseconds timeout) {
+SubmitResult BrokerClient::submit(const std::string& sweep_id, const SweepSpec& spec,
+                                  std::string_view what, milliseconds timeout) {
   const uint64_t req = next_req_++;
   const std::string body = encode(SubmitMsg{req, sweep_id, spec.to_json()});
-  return await_reply<SubmittedMsg>(socket_, endpoint_, Command::kSubmit, req, body,
-                                   Command::kSubmitted, decode_submitted, timeout);
+  if (body.size() > static_cast<uint64_t>(kMaxMessageBytes)) {
+    constexpr double kMiB = 1 << 20;
+    throw ConfigError(fmt::format("{}: the sweep spec is {:.1f} MiB encoded; the limit is {} MiB",
+                                  what, static_cast<double>(body.size()) / kMiB,
+                                  kMaxMessageBytes >> 20));
+  }
+  int sends = 0;
+  SubmitResult result;
+  result.reply = await_reply<SubmittedMsg>(socket_, endpoint_, Command::kSubmit, req, body,
+                                           Command::kSubmitted, decode_submitted, timeout, sends);
+  result.resent = sends > 1;
+  return result;
 }
 
 PongMsg BrokerClient::ping(milliseconds timeout) {
   const uint64_t req = next_req_++;
   const std::string body = encode(PingMsg{req});
+  int sends = 0;
   return await_reply<PongMsg>(socket_, endpoint_, Command::kPing, req, body, Command::kPong,
-                              decode_pong, timeout);
+                              decode_pong, timeout, sends);
+}
+
+SubmittedMsg submit_under_fresh_id(
+    const std::function<SubmitResult(const std::string& sweep_id)>& submit,
+    const std::function<std::string()>& new_id) {
+  constexpr int kAttempts = 2;
+  std::string id;
+  for (int attempt = 1; attempt <= kAttempts; ++attempt) {
+    id = new_id();
+    SubmitResult result = submit(id);
+    if (!result.reply.existed || result.resent) {
+      result.reply.sweep_id = id;  // the id it was sent under, whatever the reply echoes
+      return result.reply;
+    }
+    spdlog::info("sweep id {} is taken by another sweep (attempt {} of {})", id, attempt,
+                 kAttempts);
+  }
+  throw Error(fmt::format("sweep id {} already exists in Redis", id));
 }
 
 }  // namespace simq

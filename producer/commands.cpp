@@ -88,12 +88,15 @@ class ResultsOutput {
   std::ofstream file_;
 };
 
-std::string submit_sweep(BrokerClient& client, const SweepSpec& spec) {
-  const std::string id = new_sweep_id();
-  const SubmittedMsg reply = client.submit(id, spec, kDefaultBrokerTimeout);
-  spdlog::info("sweep {}: {} jobs queued{}", id, reply.total,
+// Submits under a fresh sweep id (another one if that id is taken); returns the id. `what`
+// names the spec in errors (the sweep file).
+std::string submit_sweep(BrokerClient& client, const SweepSpec& spec, std::string_view what) {
+  const SubmittedMsg reply = submit_under_fresh_id(
+      [&](const std::string& id) { return client.submit(id, spec, what, kDefaultBrokerTimeout); },
+      new_sweep_id);
+  spdlog::info("sweep {}: {} jobs queued{}", reply.sweep_id, reply.total,
                reply.existed ? " (answered to a resent SUBMIT)" : "");
-  return id;
+  return reply.sweep_id;
 }
 
 // Waits for the sweep, then prints its results (also after Ctrl-C or a broken cluster: the
@@ -151,7 +154,7 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   if (redis_given(common)) {
     Store store = open_store(redis_url(common));
     BrokerClient client(broker_endpoint(common));
-    const std::string sweep = submit_sweep(client, spec);
+    const std::string sweep = submit_sweep(client, spec, options.sweep_file);
     return wait_and_print(store, sweep, format, output, nullptr);
   }
 
@@ -170,7 +173,7 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   {
     Store store = open_store(cluster.redis_url());
     BrokerClient client(cluster.frontend());
-    const std::string sweep = submit_sweep(client, spec);
+    const std::string sweep = submit_sweep(client, spec, options.sweep_file);
     code = wait_and_print(store, sweep, format, output, &cluster);
   }
   cluster.stop();
@@ -219,7 +222,7 @@ int submit_command(const CommonOptions& common, const SubmitOptions& options) {
   Store store = open_store(redis_url(common));
   if (options.wait) install_stop_handlers();
   BrokerClient client(broker_endpoint(common));
-  const std::string sweep = submit_sweep(client, spec);
+  const std::string sweep = submit_sweep(client, spec, options.sweep_file);
   std::cout << sweep << std::endl;  // flushed: a script reading the id need not wait
   if (!options.wait) return kExitOk;
   const int code = wait_sweep(store, sweep, WaitOptions{});

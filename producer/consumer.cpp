@@ -300,6 +300,43 @@ void print_broker(Store& store, std::ostream& out) {
 
 }  // namespace
 
+StallTimer::StallTimer(Clock::duration first, Clock::duration repeat, Clock::time_point start)
+    : first_(first), repeat_(repeat) {
+  progressed(start);
+}
+
+void StallTimer::progressed(Clock::time_point now) {
+  last_progress_ = now;
+  next_notice_ = now + first_;
+}
+
+std::optional<StallTimer::Clock::duration> StallTimer::due(Clock::time_point now) {
+  if (first_ <= Clock::duration::zero() || now < next_notice_) return std::nullopt;
+  // Catch up without a burst of notices if the caller looked late.
+  const auto step = repeat_ > Clock::duration::zero() ? repeat_ : first_;
+  while (next_notice_ <= now) next_notice_ += step;
+  return now - last_progress_;
+}
+
+std::string stall_note(std::chrono::steady_clock::duration stalled,
+                       const std::optional<Json>& broker_status, std::string_view redis_url) {
+  const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(stalled).count();
+  std::string note = fmt::format("simq: no progress for {} s; ", seconds);
+  if (!broker_status || !broker_status->is_object()) {
+    return note +
+           fmt::format("no broker status in Redis (is simq-broker running against {}?)", redis_url);
+  }
+  const Json* workers = member(*broker_status, "workers");
+  const size_t connected = workers != nullptr && workers->is_array() ? workers->size() : 0;
+  note += fmt::format("broker: {} connected", plural(connected, "worker"));
+  if (connected == 0) return note;
+  uint64_t slots = 0;
+  for (const auto& worker : *workers) slots += count_at(worker, "slots");
+  return note + fmt::format(" ({}), {} queued, {} in flight", plural(slots, "slot"),
+                            count_at(*broker_status, "queued"),
+                            count_at(*broker_status, "in_flight"));
+}
+
 int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& options) {
   auto info = store.sweep(sweep);
   if (!info) {
@@ -317,6 +354,8 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
     return seconds > 1e-3 ? static_cast<double>(done) / seconds : 0.0;
   };
   ProgressDisplay progress(options.progress && !options.quiet && !is_finished(*info));
+  StallTimer stall(options.stall_notice, options.stall_repeat, start);
+  uint64_t done_before = info->done();
   std::string cursor = "0";
   while (!is_finished(*info)) {
     progress.show(*info, rate(), elapsed_s());
@@ -361,6 +400,16 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
       return kExitJobsFailed;
     }
     if (sweep_done) break;
+    if (info->done() != done_before) {
+      done_before = info->done();
+      stall.progressed(Clock::now());
+    } else if (const auto stalled = stall.due(Clock::now()); stalled && !options.quiet) {
+      // No job has finished for a while: perhaps no broker or no worker is running.
+      const auto note = stall_note(*stalled, store.broker_status(), store.redis().address().url());
+      progress.end();
+      fmt::print(stderr, "{}\n", note);
+      std::fflush(stderr);
+    }
     if (!events.empty() && !is_finished(*info)) {
       std::this_thread::sleep_until(read_at + kMinPollInterval);
     }
@@ -487,7 +536,9 @@ int print_job(Store& store, const std::string& job_id, bool json, std::ostream& 
     }
   }
   out << (json ? pretty(record) + '\n' : job_view(record, unix_time()));
-  return kExitOk;
+  // A job that ended without a usable result: exit 1, as `simq wait` does for its sweep.
+  const bool failed = record["status"] == "failed" || record["status"] == "corrupt";
+  return failed ? kExitJobsFailed : kExitOk;
 }
 
 int print_status(Store& store, const std::optional<std::string>& sweep, std::ostream& out) {

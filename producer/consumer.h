@@ -3,11 +3,14 @@
 // Not thread-safe: each function uses the Store it is given.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
 
+#include "simq/json.h"
 #include "simq/store.h"
 
 namespace simq {
@@ -17,7 +20,43 @@ struct WaitOptions {
                          // with a message); 0 = wait for ever
   bool progress = true;  // draw a progress bar on stderr (only redrawn in place on a tty)
   bool quiet = false;    // print nothing but errors
+  // After this long without a job finishing, say so on stderr with the broker's snapshot
+  // (stall_note()), then again every stall_repeat; 0 = never.
+  std::chrono::milliseconds stall_notice{30000};
+  std::chrono::milliseconds stall_repeat{60000};
 };
+
+// When `simq wait` says that it sees no progress: once `first` has passed since the last
+// progress (or the start), then every `repeat` until progress is made. A plain value driven by
+// the caller's clock. Not thread-safe.
+class StallTimer {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // `first` = 0: never due.
+  StallTimer(Clock::duration first, Clock::duration repeat, Clock::time_point start);
+
+  // Progress was made at `now`: the next notice is `first` after it.
+  void progressed(Clock::time_point now);
+
+  // If a notice is due at `now`: how long there has been no progress (and the next notice is
+  // `repeat` later). std::nullopt if none is due.
+  std::optional<Clock::duration> due(Clock::time_point now);
+
+ private:
+  Clock::duration first_;
+  Clock::duration repeat_;
+  Clock::time_point last_progress_;
+  Clock::time_point next_notice_;
+};
+
+// The line (without '\n') `simq wait` prints after `stalled` without progress, from the
+// broker's snapshot in Redis (Store::broker_status(); std::nullopt if there is none):
+// "simq: no progress for 30 s; broker: 0 workers connected", "...; broker: 2 workers connected
+// (8 slots), 0 queued, 8 in flight", or "simq: no progress for 30 s; no broker status in Redis
+// (is simq-broker running against redis://...?)".
+std::string stall_note(std::chrono::steady_clock::duration stalled,
+                       const std::optional<Json>& broker_status, std::string_view redis_url);
 
 // Follows the sweep's completion stream (XREAD BLOCK) until every job has a terminal record.
 // Progress: "[#####-----] 512/1000  failed 3  1234 jobs/s  ETA 0:00:05" on stderr.
@@ -40,7 +79,8 @@ int print_results(Store& store, const std::string& sweep, ResultFormat format, s
 
 // One job ("<sweep>:<index>"): status, params, result or error, attempts, worker, timings.
 // Queued and running jobs are shown too (params derived from the sweep spec).
-// Returns kExitOk, kExitJobsFailed if not found, kExitUsage if the id is malformed.
+// Returns kExitOk, kExitJobsFailed if the job failed (its record is printed all the same; also
+// for an unreadable "corrupt" record) or is not found, kExitUsage if the id is malformed.
 int print_job(Store& store, const std::string& job_id, bool json, std::ostream& out);
 
 // No sweep: the newest sweeps (id, name, kernel, done/failed/total, status, age) and the

@@ -19,6 +19,7 @@
 #include <system_error>
 #include <utility>
 
+#include "simq/codec.h"
 #include "simq/errors.h"
 
 namespace simq {
@@ -157,10 +158,39 @@ bool is_allowed(std::string_view key, const AllowedKeys& allowed) {
 // ---------------------------------------------------------------------------------------
 // Validation of the JSON form.
 
+// The limits of the wire (simq/codec.h): a spec within them is never refused by the broker's
+// decoder, so a user learns which field is at fault instead of seeing a refused SUBMIT.
+constexpr UnpackLimits kWireLimits{};
+// Arrays and tables nested inside one value: a SUBMIT wraps a list value in 5 levels of its
+// own (message, spec, grid, axis, list), and the decoder allows kWireLimits.max_depth in all.
+constexpr size_t kMaxValueDepth = kWireLimits.max_depth - 5;
+
+void check_string(const std::string& text, std::string_view origin, const std::string& field) {
+  if (text.size() > kWireLimits.max_str) {
+    fail(origin, field, fmt::format("a string of at most {} MiB", kWireLimits.max_str >> 20),
+         fmt::format("a string of {} bytes", text.size()));
+  }
+}
+
+// The size of a table and of its keys; `field` names the table.
+void check_table(const Json& table, std::string_view origin, const std::string& field) {
+  if (table.size() > kWireLimits.max_map) {
+    fail(origin, field, fmt::format("a table of at most {} keys", kWireLimits.max_map),
+         fmt::format("a table of {} keys", table.size()));
+  }
+  for (auto it = table.begin(); it != table.end(); ++it) {
+    if (it.key().size() > kWireLimits.max_str) {
+      fail(origin, field, fmt::format("keys of at most {} MiB", kWireLimits.max_str >> 20),
+           fmt::format("a key of {} bytes", it.key().size()));
+    }
+  }
+}
+
 // Checks a constant or list value in place: unsigned integers that fit become signed (as
-// TOML's are, so a JSON sweep and its TOML twin give the same params), and non-finite floats
-// are refused because JSON cannot carry them.
-void check_value(Json& value, std::string_view origin, const std::string& field) {
+// TOML's are, so a JSON sweep and its TOML twin give the same params), non-finite floats
+// are refused because JSON cannot carry them, and strings, arrays, tables and nesting must be
+// within kWireLimits. `depth`: the arrays and tables around the value within the value.
+void check_value(Json& value, std::string_view origin, const std::string& field, size_t depth = 0) {
   if (value.is_number_unsigned()) {
     const auto number = value.get<uint64_t>();
     if (number <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -169,11 +199,26 @@ void check_value(Json& value, std::string_view origin, const std::string& field)
   } else if (value.is_number_float()) {
     if (!std::isfinite(value.get<double>()))
       fail(origin, field, "a finite number", describe(value));
-  } else if (value.is_array()) {
-    for (size_t i = 0; i < value.size(); ++i) check_value(value[i], origin, element(field, i));
-  } else if (value.is_object()) {
-    for (auto it = value.begin(); it != value.end(); ++it) {
-      check_value(it.value(), origin, child(field, it.key()));
+  } else if (value.is_string()) {
+    check_string(value.get_ref<const std::string&>(), origin, field);
+  } else if (value.is_array() || value.is_object()) {
+    if (depth >= kMaxValueDepth) {
+      fail(origin, field, fmt::format("arrays and tables nested at most {} deep", kMaxValueDepth),
+           fmt::format("{} nested deeper", value.is_array() ? "an array" : "a table"));
+    }
+    if (value.is_array()) {
+      if (value.size() > kWireLimits.max_array) {
+        fail(origin, field, fmt::format("an array of at most {} elements", kWireLimits.max_array),
+             fmt::format("an array of {} elements", value.size()));
+      }
+      for (size_t i = 0; i < value.size(); ++i) {
+        check_value(value[i], origin, element(field, i), depth + 1);
+      }
+    } else {
+      check_table(value, origin, field);
+      for (auto it = value.begin(); it != value.end(); ++it) {
+        check_value(it.value(), origin, child(field, it.key()), depth + 1);
+      }
     }
   }
 }
@@ -182,9 +227,9 @@ void parse_list(Axis& axis, const Json& values, std::string_view origin,
                 const std::string& args_field, const std::string& axis_field) {
   if (!values.is_array()) fail(origin, args_field, "an array of values", describe(values));
   if (values.empty()) fail(origin, axis_field, "at least one value", "an empty list");
-  if (values.size() > kMaxSweepJobs) {
-    fail(origin, axis_field, fmt::format("at most {} values", kMaxSweepJobs),
-         fmt::format("{}", values.size()));
+  if (values.size() > kWireLimits.max_array) {
+    fail(origin, axis_field, fmt::format("a list of at most {} values", kWireLimits.max_array),
+         fmt::format("a list of {} values", values.size()));
   }
   axis.kind = Axis::Kind::kList;
   axis.values = values;
@@ -360,8 +405,19 @@ std::vector<Axis> parse_grid(const Json& grid, std::string_view origin) {
 }
 
 void check_names(const SweepSpec& spec, std::string_view origin) {
+  // A job's parameters are one table: the constants and one entry per axis.
+  if (spec.params.size() + spec.grid.size() > kWireLimits.max_map) {
+    fail(origin, "params and grid",
+         fmt::format("at most {} parameters in all", kWireLimits.max_map),
+         fmt::format("{} constant and {} varied", spec.params.size(), spec.grid.size()));
+  }
   for (size_t i = 0; i < spec.grid.size(); ++i) {
     const std::string& name = spec.grid[i].name;
+    if (name.size() > kWireLimits.max_str) {
+      fail(origin, element("grid", i),
+           fmt::format("a parameter name of at most {} MiB", kWireLimits.max_str >> 20),
+           fmt::format("a name of {} bytes", name.size()));
+    }
     const std::string field = child("grid", name);
     if (name.empty()) fail(origin, field, "a non-empty parameter name", "\"\"");
     for (size_t j = 0; j < i; ++j) {
@@ -638,12 +694,14 @@ SweepSpec SweepSpec::from_json(const Json& spec, std::string_view origin) {
   if (const auto name = spec.find("name"); name != spec.end()) {
     if (!name->is_string()) fail(origin, "name", "a string", describe(*name));
     out.name = name->get<std::string>();
+    check_string(out.name, origin, "name");
   }
 
   if (const auto params = spec.find("params"); params != spec.end()) {
     if (!params->is_object()) {
       fail(origin, "params", "a table of constant parameters", describe(*params));
     }
+    check_table(*params, origin, "params");
     out.params = *params;
     for (auto it = out.params.begin(); it != out.params.end(); ++it) {
       check_value(it.value(), origin, child("params", it.key()));

@@ -1,13 +1,21 @@
 // The simq command as a user meets it: `simq run` on an example prints the results table and
-// leaves nothing running; bad sweep files are refused before anything is submitted;
-// an unreachable Redis is named, exit 3, no hang.
+// leaves nothing running, as does `simq up` after Ctrl-C; bad sweep files are refused before
+// anything is submitted; an unreachable Redis is named, exit 3, no hang; `simq get` of a failed
+// job exits 1; `simq wait` says why nothing moves, and exits 130 on Ctrl-C.
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <csignal>
 #include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
 
+#include "simq/json.h"
+#include "simq/store.h"
+#include "simq/sweep.h"
 #include "test_support.h"
 
 namespace simq::test {
@@ -18,19 +26,29 @@ using ::testing::Not;
 
 std::string examples() { return std::string(SIMQ_SOURCE_DIR) + "/examples"; }
 
-std::vector<int> simq_processes() {
-  std::vector<int> pids;
-  for (const auto* name : {"simq-broker", "simq-worker", "redis-server --bind 127.0.0.1"}) {
-    const auto found = processes_matching(name);
-    pids.insert(pids.end(), found.begin(), found.end());
-  }
-  std::sort(pids.begin(), pids.end());
-  return pids;
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// redis-server rewrites its command line: "redis-server 127.0.0.1:<port>".
+constexpr const char* kRedisNeedle = "redis-server 127.0.0.1:";
+
+// How many of `started` run a command line containing `needle`.
+long count_running(const ProcessMap& started, const std::string& needle) {
+  return std::count_if(started.begin(), started.end(), [&](const auto& process) {
+    return process.second.find(needle) != std::string::npos;
+  });
 }
 
 TEST(Cli, RunPrintsResultsTableAndLeavesNoProcess) {
-  const auto before = simq_processes();
-  const auto run = run_command({bin("simq"), "run", examples() + "/fib.toml", "--workers", "2"});
+  ProcessMap started;
+  const auto run =
+      run_command({bin("simq"), "run", examples() + "/fib.toml", "--workers", "2"}, 60s, &started);
   ASSERT_EQ(run.status, 0) << run.err;
   // Header, separator, one row a job: fib.toml has n = 20..30.
   EXPECT_THAT(run.out, HasSubstr("job"));
@@ -40,8 +58,109 @@ TEST(Cli, RunPrintsResultsTableAndLeavesNoProcess) {
   EXPECT_THAT(run.out, HasSubstr("6765"));    // fib(20)
   EXPECT_EQ(std::count(run.out.begin(), run.out.end(), '\n'), 2 + 11);
   EXPECT_THAT(run.out, Not(HasSubstr("failed")));
-  EXPECT_TRUE(wait_until([&] { return simq_processes() == before; }, 5s))
-      << "simq run left processes behind";
+  // What it started (seen while it ran) has ended with it.
+  EXPECT_EQ(count_running(started, kRedisNeedle), 1) << ::testing::PrintToString(started);
+  EXPECT_EQ(count_running(started, "simq-broker"), 1) << ::testing::PrintToString(started);
+  EXPECT_EQ(count_running(started, "simq-worker"), 2) << ::testing::PrintToString(started);
+  EXPECT_TRUE(wait_until([&] { return still_running(started).empty(); }, 5s))
+      << "simq run left processes behind: " << ::testing::PrintToString(still_running(started));
+}
+
+TEST(Cli, FindsARunningRedisServerByItsRewrittenCommandLine) {
+  RedisServer redis;
+  const int pid = static_cast<int>(redis.process()->pid());
+  EXPECT_THAT(command_line(pid), HasSubstr(fmt::format("{}{}", kRedisNeedle, redis.port())));
+  EXPECT_THAT(processes_matching(kRedisNeedle), ::testing::Contains(pid));
+}
+
+TEST(Cli, UpStopsOnCtrlCAndLeavesNoProcess) {
+  TempDir dir;
+  ChildProcess up({bin("simq"), "up", "--workers", "1"}, dir.file("out"), dir.file("err"));
+  const auto err = [&] { return read_file(dir.file("err")); };
+  ASSERT_TRUE(wait_until(
+      [&] { return contains(read_file(dir.file("out")), "export SIMQ_REDIS=") || up.poll(); }, 30s))
+      << "no export line from simq up within 30 s: " << err();
+  ASSERT_EQ(up.poll(), std::nullopt) << err();
+  EXPECT_THAT(read_file(dir.file("out")), HasSubstr("SIMQ_BROKER=tcp://127.0.0.1:"));
+
+  // Before: what it started, all running (the worker has said HELLO, so all have exec'd).
+  ProcessMap started;
+  note_children(up.pid(), started);
+  EXPECT_EQ(started.size(), 3u) << ::testing::PrintToString(started);
+  EXPECT_EQ(count_running(started, kRedisNeedle), 1) << ::testing::PrintToString(started);
+  EXPECT_EQ(count_running(started, "simq-broker"), 1) << ::testing::PrintToString(started);
+  EXPECT_EQ(count_running(started, "simq-worker"), 1) << ::testing::PrintToString(started);
+  EXPECT_EQ(still_running(started).size(), started.size());
+
+  up.signal(SIGINT);
+  const auto status = up.wait(10s);
+  ASSERT_NE(status, std::nullopt) << "simq up did not stop within 10 s of SIGINT: " << err();
+  EXPECT_EQ(*status, 0) << err();
+  // After: none of them.
+  EXPECT_EQ(still_running(started), std::vector<int>{}) << "simq up left processes behind";
+}
+
+TEST(Cli, GetOfAFailedJobPrintsItAndExitsOne) {
+  TestCluster cluster({.workers = 1});
+  TempDir dir;
+  std::ofstream(dir.file("bad.toml")) << "kernel = \"fib\"\n[grid]\nn = [5, 500]\n";
+  const auto submit = cluster.simq({"submit", dir.file("bad.toml"), "--wait"});
+  ASSERT_EQ(submit.status, 1) << submit.err;
+  const auto sweep = trim(submit.out);
+
+  const auto failed = cluster.simq({"get", sweep + ":1"});
+  EXPECT_EQ(failed.status, 1) << failed.err;
+  EXPECT_THAT(failed.out, HasSubstr("failed"));
+  EXPECT_THAT(failed.out, HasSubstr("expected 0 to 92, got 500"));
+  const auto failed_json = cluster.simq({"get", sweep + ":1", "--json"});
+  EXPECT_EQ(failed_json.status, 1) << failed_json.err;
+  EXPECT_EQ(Json::parse(failed_json.out)["status"], "failed");
+
+  const auto succeeded = cluster.simq({"get", sweep + ":0"});
+  EXPECT_EQ(succeeded.status, 0) << succeeded.err;
+  EXPECT_THAT(succeeded.out, HasSubstr("succeeded"));
+}
+
+// Two sweeps where nothing moves: one queued at a broker without workers, one recorded in a
+// Redis without a broker. `simq wait` says so after 30 s, keeps waiting, and exits 130 on
+// Ctrl-C. (Takes 30 s: the notice's delay is not a flag.)
+TEST(Cli, WaitSaysWhyNothingMovesAndExits130OnCtrlC) {
+  TestCluster cluster({.workers = 0});
+  TempDir dir;
+  std::ofstream(dir.file("fib.toml")) << "kernel = \"fib\"\n[grid]\nn = [1, 2]\n";
+  const auto submit = cluster.simq({"submit", dir.file("fib.toml")});
+  ASSERT_EQ(submit.status, 0) << submit.err;
+  const auto sweep = trim(submit.out);
+  RedisServer lone;
+  ASSERT_TRUE(Store(lone.address()).create_sweep(sweep, load_sweep_file(dir.file("fib.toml")), 0));
+
+  struct Case {
+    std::string redis;
+    std::string notice;
+  };
+  const std::vector<Case> cases = {
+      {cluster.redis().url(), "simq: no progress for 30 s; broker: 0 workers connected\n"},
+      {lone.url(), fmt::format("simq: no progress for 30 s; no broker status in Redis (is "
+                               "simq-broker running against {}?)\n",
+                               lone.url())}};
+  std::vector<std::unique_ptr<ChildProcess>> waits;
+  const auto err = [&](size_t i) { return read_file(dir.file(fmt::format("err{}", i))); };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    waits.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{bin("simq"), "wait", sweep, "--redis", cases[i].redis},
+        dir.file(fmt::format("out{}", i)), dir.file(fmt::format("err{}", i))));
+  }
+  for (size_t i = 0; i < cases.size(); ++i) {
+    EXPECT_TRUE(
+        wait_until([&] { return contains(err(i), cases[i].notice) || waits[i]->poll(); }, 60s))
+        << err(i);
+    EXPECT_EQ(waits[i]->poll(), std::nullopt) << "it must keep waiting: " << err(i);
+  }
+  for (size_t i = 0; i < cases.size(); ++i) {
+    waits[i]->signal(SIGINT);
+    EXPECT_EQ(waits[i]->wait(10s), 130) << err(i);
+    EXPECT_THAT(err(i), HasSubstr("interrupted"));
+  }
 }
 
 TEST(Cli, RunWithFailedJobsExitsOne) {
@@ -136,6 +255,10 @@ TEST(Cli, HelpAndBadFlags) {
     EXPECT_EQ(help.status, 0) << command;
     EXPECT_THAT(help.out, HasSubstr("--redis")) << command;
   }
+  const auto help = run_command({bin("simq"), "--help"});
+  EXPECT_EQ(help.status, 0);
+  EXPECT_THAT(help.out, HasSubstr("Exit codes: 0 success, 1 jobs failed or not found, 2 usage or "
+                                  "input error, 3 cannot reach a service, 130 interrupted"));
   EXPECT_EQ(run_command({bin("simq")}).status, 2);
   EXPECT_EQ(run_command({bin("simq"), "frobnicate"}).status, 2);
   EXPECT_EQ(run_command({bin("simq-worker"), "--slots", "0"}).status, 2);

@@ -1,13 +1,24 @@
-// Unit tests of the consumer's text output (producer/format.h): tables, CSV, JSON lines, cells,
-// record parsing, progress and times. Pure functions over hand-built records; no Redis.
+// Unit tests of the simq client's logic (producer/): its text output (format.h: tables, CSV,
+// JSON lines, cells, record parsing, progress and times), `simq wait`'s stall notices
+// (consumer.h) and the SUBMIT rules of client.h (sweep id collisions, the size limit).
+// Pure functions over hand-built values and fake clocks; no Redis, nothing sent.
 #include "format.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "client.h"
+#include "consumer.h"
+#include "simq/errors.h"
+#include "simq/sweep.h"
 
 namespace simq {
 namespace {
@@ -270,6 +281,134 @@ TEST(TextWidth, CountsCharactersNotBytes) {
   EXPECT_EQ(text_width("\xce\xbc"
                        "m"),
             2u);  // "µm" in UTF-8
+}
+
+// ---- `simq wait` when nothing moves ----
+
+using std::chrono::seconds;
+
+TEST(StallTimer, FirstAfter30sThenEvery60sUntilProgress) {
+  const StallTimer::Clock::time_point t0{};
+  StallTimer stall(seconds(30), seconds(60), t0);
+  EXPECT_EQ(stall.due(t0 + seconds(29)), std::nullopt);
+  EXPECT_EQ(stall.due(t0 + seconds(30)), seconds(30));
+  EXPECT_EQ(stall.due(t0 + seconds(31)), std::nullopt);
+  EXPECT_EQ(stall.due(t0 + seconds(89)), std::nullopt);
+  EXPECT_EQ(stall.due(t0 + seconds(90)), seconds(90));
+  // Looked at late: one notice, and the next one on the same 60 s beat.
+  EXPECT_EQ(stall.due(t0 + seconds(275)), seconds(275));
+  EXPECT_EQ(stall.due(t0 + seconds(299)), std::nullopt);
+  EXPECT_EQ(stall.due(t0 + seconds(330)), seconds(330));
+  // Progress starts the count again.
+  stall.progressed(t0 + seconds(400));
+  EXPECT_EQ(stall.due(t0 + seconds(429)), std::nullopt);
+  EXPECT_EQ(stall.due(t0 + seconds(430)), seconds(30));
+}
+
+TEST(StallTimer, ZeroMeansNever) {
+  const StallTimer::Clock::time_point t0{};
+  StallTimer stall(seconds(0), seconds(60), t0);
+  EXPECT_EQ(stall.due(t0 + seconds(100000)), std::nullopt);
+}
+
+TEST(StallNote, SaysWhatTheBrokerSnapshotShows) {
+  const std::string url = "redis://127.0.0.1:6379";
+  EXPECT_EQ(stall_note(seconds(30), std::nullopt, url),
+            "simq: no progress for 30 s; no broker status in Redis (is simq-broker running "
+            "against redis://127.0.0.1:6379?)");
+  EXPECT_EQ(stall_note(std::chrono::milliseconds(30400),
+                       Json::parse(R"({"workers": [], "queued": 11, "in_flight": 0})"), url),
+            "simq: no progress for 30 s; broker: 0 workers connected");
+  EXPECT_EQ(
+      stall_note(seconds(90), Json::parse(R"({"workers": [{"name": "a", "slots": 4, "in_flight": 4},
+                                                   {"name": "b", "slots": 4, "in_flight": 4}],
+                                      "queued": 5, "in_flight": 8})"),
+                 url),
+      "simq: no progress for 90 s; broker: 2 workers connected (8 slots), 5 queued, 8 in "
+      "flight");
+  EXPECT_EQ(stall_note(seconds(30), Json::parse(R"({"workers": [{"slots": 1}]})"), url),
+            "simq: no progress for 30 s; broker: 1 worker connected (1 slot), 0 queued, 0 in "
+            "flight");
+}
+
+// ---- SUBMIT ----
+
+// A fake broker for submit_under_fresh_id: records the ids it was sent, and answers
+// existed=true for the ids in `taken`.
+struct FakeSubmit {
+  std::vector<std::string> taken;
+  bool resent = false;
+  std::vector<std::string> sent;
+
+  SubmitResult operator()(const std::string& id) {
+    sent.push_back(id);
+    SubmitResult result;
+    result.reply.sweep_id = id;
+    result.reply.total = 3;
+    result.reply.existed = std::find(taken.begin(), taken.end(), id) != taken.end();
+    result.resent = resent;
+    return result;
+  }
+};
+
+// Ids "id1", "id2"... in turn.
+std::function<std::string()> counting_ids() {
+  return [n = 0]() mutable { return "id" + std::to_string(++n); };
+}
+
+TEST(SubmitUnderFreshId, UsesTheFirstIdWhenItIsFree) {
+  FakeSubmit broker;
+  const auto reply = submit_under_fresh_id(std::ref(broker), counting_ids());
+  EXPECT_EQ(reply.sweep_id, "id1");
+  EXPECT_EQ(broker.sent, std::vector<std::string>{"id1"});
+}
+
+TEST(SubmitUnderFreshId, ACollisionOnTheFirstSendGetsAFreshId) {
+  FakeSubmit broker;
+  broker.taken = {"id1"};
+  const auto reply = submit_under_fresh_id(std::ref(broker), counting_ids());
+  EXPECT_EQ(reply.sweep_id, "id2");
+  EXPECT_FALSE(reply.existed);
+  EXPECT_EQ(broker.sent, (std::vector<std::string>{"id1", "id2"}));
+}
+
+TEST(SubmitUnderFreshId, TwoCollisionsAreAnError) {
+  FakeSubmit broker;
+  broker.taken = {"id1", "id2"};
+  try {
+    submit_under_fresh_id(std::ref(broker), counting_ids());
+    FAIL() << "no Error";
+  } catch (const Error& error) {
+    EXPECT_STREQ(error.what(), "sweep id id2 already exists in Redis");
+  }
+  EXPECT_EQ(broker.sent.size(), 2u);
+}
+
+TEST(SubmitUnderFreshId, ExistedAfterAResendIsOurOwnSweep) {
+  FakeSubmit broker;
+  broker.taken = {"id1"};
+  broker.resent = true;
+  const auto reply = submit_under_fresh_id(std::ref(broker), counting_ids());
+  EXPECT_EQ(reply.sweep_id, "id1");
+  EXPECT_TRUE(reply.existed);
+  EXPECT_EQ(broker.sent.size(), 1u);
+}
+
+TEST(BrokerClient, RefusesASubmitLargerThanTheMessageLimitBeforeSending) {
+  // 5 strings of 13 MiB: each within the 16 MiB string limit, 65 MiB in all.
+  SweepSpec spec;
+  spec.kernel = "noop";
+  for (int i = 0; i < 5; ++i) spec.params["s" + std::to_string(i)] = std::string(13 << 20, 'x');
+  BrokerClient client("tcp://127.0.0.1:1");  // nothing listens: a send would wait the timeout
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    client.submit("abc", spec, "big.toml", seconds(30));
+    FAIL() << "no ConfigError";
+  } catch (const ConfigError& error) {
+    EXPECT_THAT(error.what(), ::testing::StartsWith("big.toml: the sweep spec is 65.0 MiB "
+                                                    "encoded; the limit is 64 MiB"));
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(10));
 }
 
 }  // namespace

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +13,8 @@
 #include <vector>
 
 #include "simq/errors.h"
+#include "simq/protocol.h"
+#include "simq/temp_dir.h"
 
 namespace simq {
 namespace {
@@ -59,26 +60,18 @@ Axis axis_from(std::string_view axis_toml) {
   return spec.grid.at(0);
 }
 
-// A temporary directory removed at the end of the test.
-class TempDir {
+// Writes files into a temporary directory (simq/temp_dir.h) removed at the end of the test.
+class TestFiles {
  public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "sweep_test.XXXXXX").string();
-    path_ = mkdtemp(pattern.data());
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
   [[nodiscard]] std::string write(const std::string& name, std::string_view text) const {
-    const auto file = path_ / name;
+    const auto file = path(name);
     std::ofstream(file) << text;
-    return file.string();
+    return file;
   }
-  [[nodiscard]] std::string path(const std::string& name) const { return (path_ / name).string(); }
+  [[nodiscard]] std::string path(const std::string& name) const { return dir_.file(name); }
 
  private:
-  std::filesystem::path path_;
+  TempDir dir_{"sweep_test."};
 };
 
 // ---------------------------------------------------------------------------------------
@@ -369,7 +362,7 @@ TEST(SweepJson, JsonIntegersBecomeSignedLikeToml) {
 // Files
 
 TEST(SweepFile, LoadsByExtensionOrBySniffing) {
-  const TempDir dir;
+  const TestFiles dir;
   const std::string toml_text = "kernel = \"fib\"\n[grid]\nn = { range = [20, 31] }\n";
   const std::string json_text = R"({"kernel": "fib", "grid": {"n": {"range": [20, 31]}}})";
   const SweepSpec expected = from_toml(toml_text);
@@ -382,7 +375,7 @@ TEST(SweepFile, LoadsByExtensionOrBySniffing) {
 }
 
 TEST(SweepFile, UnreadableFileNamesThePathAndTheReason) {
-  const TempDir dir;
+  const TestFiles dir;
   const std::string missing = dir.path("missing.toml");
   try {
     load_sweep_file(missing);
@@ -399,7 +392,7 @@ TEST(SweepFile, UnreadableFileNamesThePathAndTheReason) {
 }
 
 TEST(SweepFile, ErrorsInAFileNameTheFile) {
-  const TempDir dir;
+  const TestFiles dir;
   const std::string path = dir.write("bad.toml", "kernel = 3\n");
   try {
     load_sweep_file(path);
@@ -636,6 +629,131 @@ TEST(SweepErrors, NormalizedGridEntries) {
   EXPECT_THAT(json_error(R"({"kernel": "noop", "grid": [{"name": "n", "lst": [1]}]})"),
               HasSubstr("grid.n.lst: expected one of the forms list, range, linspace, logspace, "
                         "got an unknown key (did you mean \"list\"?)"));
+}
+
+// The message of the ConfigError that SweepSpec::from_json throws for `spec`.
+std::string spec_error(const Json& spec) {
+  try {
+    SweepSpec::from_json(spec, "test.json");
+  } catch (const ConfigError& error) {
+    return error.what();
+  }
+  ADD_FAILURE() << "no ConfigError";
+  return "";
+}
+
+// A spec of kernel noop with `params` and a grid of one axis n = [1].
+Json spec_with_params(Json params) {
+  return Json{{"kernel", "noop"}, {"params", std::move(params)}, {"grid", {{"n", {1}}}}};
+}
+
+Json array_of(size_t count) {
+  Json array = Json::array();
+  for (size_t i = 0; i < count; ++i) array.push_back(static_cast<int64_t>(i % 7));
+  return array;
+}
+
+// Keys k0, k1...; appended without ordered_map's linear search for duplicates.
+Json table_of(size_t count) {
+  Json::object_t table;
+  auto& entries = static_cast<Json::object_t::Container&>(table);
+  entries.reserve(count);
+  for (size_t i = 0; i < count; ++i) entries.emplace_back(fmt::format("k{}", i), 1);
+  return Json(std::move(table));
+}
+
+// The limits of simq/codec.h's decoder, enforced with errors that name the field.
+constexpr size_t kWireArray = size_t{1} << 20;
+constexpr size_t kWireTable = size_t{1} << 16;
+constexpr size_t kWireString = size_t{16} << 20;
+
+TEST(SweepWireLimits, ListAxisHasAtMostAMebiValues) {
+  const Json list = array_of(kWireArray + 1);
+  EXPECT_EQ(spec_error({{"kernel", "noop"}, {"grid", {{"n", list}}}}),
+            "test.json: grid.n: expected a list of at most 1048576 values, got a list of 1048577 "
+            "values");
+  EXPECT_THAT(spec_error({{"kernel", "noop"}, {"grid", {{"n", {{"list", list}}}}}}),
+              HasSubstr("test.json: grid.n: expected a list of at most 1048576 values"));
+  EXPECT_EQ(SweepSpec::from_json({{"kernel", "noop"}, {"grid", {{"n", array_of(kWireArray)}}}},
+                                 "test.json")
+                .total(),
+            kWireArray);
+}
+
+TEST(SweepWireLimits, ArraysInParamsAndValuesHaveAtMostAMebiElements) {
+  EXPECT_EQ(spec_error(spec_with_params({{"big", array_of(kWireArray + 1)}})),
+            "test.json: params.big: expected an array of at most 1048576 elements, got an array "
+            "of 1048577 elements");
+  EXPECT_THAT(spec_error(spec_with_params({{"t", {{"inner", {0, array_of(kWireArray + 1)}}}}})),
+              HasSubstr("test.json: params.t.inner[1]: expected an array of at most 1048576 "
+                        "elements"));
+  EXPECT_THAT(spec_error({{"kernel", "noop"}, {"grid", {{"v", {1, array_of(kWireArray + 1)}}}}}),
+              HasSubstr("test.json: grid.v[1]: expected an array of at most 1048576 elements"));
+  EXPECT_NO_THROW(SweepSpec::from_json(spec_with_params({{"big", array_of(kWireArray)}}), "t"));
+}
+
+TEST(SweepWireLimits, TablesHaveAtMost65536Keys) {
+  EXPECT_EQ(spec_error(spec_with_params({{"t", table_of(kWireTable + 1)}})),
+            "test.json: params.t: expected a table of at most 65536 keys, got a table of 65537 "
+            "keys");
+  EXPECT_EQ(spec_error(spec_with_params(table_of(kWireTable + 1))),
+            "test.json: params: expected a table of at most 65536 keys, got a table of 65537 keys");
+  EXPECT_THAT(spec_error({{"kernel", "noop"}, {"grid", {{"v", {table_of(kWireTable + 1)}}}}}),
+              HasSubstr("test.json: grid.v[0]: expected a table of at most 65536 keys"));
+  // A job's parameters are one table: the constants and the axes together.
+  EXPECT_EQ(spec_error(spec_with_params(table_of(kWireTable))),
+            "test.json: params and grid: expected at most 65536 parameters in all, got 65536 "
+            "constant and 1 varied");
+  EXPECT_NO_THROW(SweepSpec::from_json(spec_with_params(table_of(kWireTable - 1)), "t"));
+}
+
+TEST(SweepWireLimits, StringsHaveAtMost16MiB) {
+  const std::string too_long(kWireString + 1, 'x');
+  EXPECT_EQ(spec_error(spec_with_params({{"s", too_long}})),
+            "test.json: params.s: expected a string of at most 16 MiB, got a string of 16777217 "
+            "bytes");
+  EXPECT_THAT(spec_error({{"kernel", "noop"}, {"grid", {{"s", {"a", too_long}}}}}),
+              HasSubstr("test.json: grid.s[1]: expected a string of at most 16 MiB"));
+  EXPECT_THAT(spec_error({{"kernel", "noop"}, {"name", too_long}}),
+              HasSubstr("test.json: name: expected a string of at most 16 MiB"));
+  EXPECT_THAT(spec_error(spec_with_params({{"t", {{too_long, 1}}}})),
+              HasSubstr("test.json: params.t: expected keys of at most 16 MiB, got a key of "
+                        "16777217 bytes"));
+  EXPECT_THAT(spec_error({{"kernel", "noop"}, {"grid", {{too_long, {1}}}}}),
+              HasSubstr("test.json: grid[0]: expected a parameter name of at most 16 MiB"));
+  EXPECT_NO_THROW(
+      SweepSpec::from_json(spec_with_params({{"s", std::string(kWireString, 'x')}}), "t"));
+}
+
+// `depth` arrays around the number 1.
+Json nested(size_t depth) {
+  Json value = 1;
+  for (size_t i = 0; i < depth; ++i) value = Json::array({value});
+  return value;
+}
+
+TEST(SweepWireLimits, ValuesNestAtMost27Deep) {
+  EXPECT_NO_THROW(SweepSpec::from_json(spec_with_params({{"deep", nested(27)}}), "t"));
+  std::string indices;
+  for (int i = 0; i < 27; ++i) indices += "[0]";
+  EXPECT_EQ(spec_error(spec_with_params({{"deep", nested(28)}})),
+            "test.json: params.deep" + indices +
+                ": expected arrays and tables nested at most 27 deep, got an array nested deeper");
+}
+
+TEST(SweepWireLimits, ASpecAtTheLimitsPassesTheBrokersDecoder) {
+  Json params = {
+      {"s", std::string(kWireString, 'x')}, {"a", array_of(kWireArray)}, {"deep", nested(27)}};
+  Json spec = {
+      {"kernel", "noop"}, {"params", std::move(params)}, {"grid", {{"v", {nested(27), 2}}}}};
+  const SweepSpec parsed = SweepSpec::from_json(spec, "test.json");
+  const std::string body = encode(SubmitMsg{1, "abc", parsed.to_json()});
+  const SubmitMsg decoded = decode_submit(body);
+  EXPECT_EQ(SweepSpec::from_json(decoded.spec, "SUBMIT spec"), parsed);
+  // One level more in a list value is past what the decoder takes.
+  Json deeper = parsed.to_json();
+  deeper["grid"][0]["list"][0] = nested(28);
+  EXPECT_THROW(decode_submit(encode(SubmitMsg{2, "abc", deeper})), ProtocolError);
 }
 
 }  // namespace
