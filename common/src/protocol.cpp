@@ -36,7 +36,7 @@ std::string pack_map(uint32_t fields, Write&& write) {
   Packer packer(buffer);
   packer.pack_map(fields);
   write(packer);
-  return std::string(buffer.data(), buffer.size());
+  return {buffer.data(), buffer.size()};
 }
 
 void pack_key(Packer& packer, std::string_view key) {
@@ -304,7 +304,7 @@ std::optional<Envelope> receive(zmq::socket_t& socket, bool routed) {
   if (protocol != kProtocol) {
     const bool looks_like_simq = protocol.substr(0, 4) == "SIMQ";
     throw FrameError(envelope.identity, looks_like_simq ? "bad_version" : "bad_frame",
-                     fmt::format("protocol frame \"{}\" is not \"{}\"{}", protocol.substr(0, 16),
+                     fmt::format(R"(protocol frame "{}" is not "{}"{})", protocol.substr(0, 16),
                                  kProtocol, looks_like_simq ? ": unsupported version" : ""));
   }
   const auto name = frames[first + 1].to_string_view();

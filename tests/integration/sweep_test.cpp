@@ -241,7 +241,7 @@ TEST(Sweep, UnknownKernelAndBadParamsEndFailedAndWorkerKeepsServing) {
   EXPECT_EQ(cluster.worker(0).poll(), std::nullopt) << "the worker must still be running";
 
   const auto get = cluster.simq({"get", unknown_id + ":1"});
-  EXPECT_EQ(get.status, 0);
+  EXPECT_EQ(get.status, 1);  // a failed job: printed, and exit 1
   EXPECT_THAT(get.out, HasSubstr("failed"));
   EXPECT_THAT(get.out, HasSubstr("unknown kernel 'warp_drive'"));
 }

@@ -17,7 +17,7 @@
 
 namespace simq {
 
-inline constexpr uint64_t kDefaultResultTtlSeconds = 7 * 24 * 3600;
+inline constexpr uint64_t kDefaultResultTtlSeconds = uint64_t{7} * 24 * 3600;
 
 // Key names (docs/redis-schema.md).
 std::string sweep_key(const std::string& sweep);          // HASH   the sweep record
