@@ -12,7 +12,9 @@
 #include <array>
 #include <cassert>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <map>
 #include <utility>
 
 #include "simq/errors.h"
@@ -26,12 +28,16 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// The writer hands DONE bodies to the IO thread here; an empty message means "all flushed".
+// The writer hands DONE batches to the IO thread here as two frames, [job count] [body]; a
+// single empty frame means "all flushed".
 constexpr const char* kDoneEndpoint = "inproc://simq-worker-done";
 
 constexpr milliseconds kIdlePoll(100);     // longest poll: how soon a stop signal is seen
 constexpr milliseconds kStoppingPoll(20);  // poll while waiting for slots to finish
 constexpr milliseconds kPairSendTimeout(100);
+constexpr int kFinalLingerMs = 2000;        // how long the last DONE and BYE may take to leave
+constexpr size_t kMaxMissingSweeps = 1024;  // sweep ids remembered as missing from Redis
+constexpr int kMaxRefusals = 3;  // batches Redis refuses before each sweep is written apart
 constexpr int kMaxMessagesPerPoll = 256;     // broker messages read before looking at DONEs again
 constexpr size_t kMaxNameInRoutingId = 200;  // routing ids are at most 255 bytes
 constexpr uint64_t kMinHeartbeatMs = 10;
@@ -64,6 +70,16 @@ std::string running_record(const JobRef& job, const std::string& worker, double 
   return dump(record);
 }
 
+// Calls `write(sweep, jobs)` for the jobs of each sweep in `jobs` that have a record.
+template <typename Write>
+void for_each_sweep(const std::vector<JobWrite>& jobs, const Write& write) {
+  std::map<std::string, std::vector<JobWrite>, std::less<>> by_sweep;
+  for (const auto& w : jobs) {
+    if (!w.record.empty()) by_sweep[w.job.sweep].push_back(w);
+  }
+  for (const auto& [sweep, group] : by_sweep) write(sweep, group);
+}
+
 }  // namespace
 
 // The IO thread's view of the broker: one DEALER per connection, a fresh routing id each time.
@@ -77,6 +93,16 @@ struct Worker::Connection {
   Clock::time_point last_heard;
   milliseconds reconnect_delay{0};
   Clock::time_point reconnect_at;
+  bool welcomed = false;      // this connection's HELLO was answered
+  bool done_blocked = false;  // a DONE could not be sent on this connection (warned once)
+
+  // DONE batches not yet handed to a socket, kept across connections: the next connection
+  // announces their jobs as busy in HELLO, then sends them.
+  struct PendingDone {
+    std::string body;
+    uint64_t jobs = 0;
+  };
+  std::deque<PendingDone> unsent;
 
   milliseconds silence_limit() const { return heartbeat * static_cast<int64_t>(liveness); }
 };
@@ -127,7 +153,13 @@ std::optional<JobRef> Worker::JobQueue::pop(const std::stop_token& stop) {
   if (stop.stop_requested()) return std::nullopt;
   JobRef job = std::move(jobs_.front());
   jobs_.pop_front();
+  ++taken_;
   return job;
+}
+
+void Worker::JobQueue::settled(uint64_t jobs) {
+  [[maybe_unused]] const uint64_t before = taken_.fetch_sub(jobs);
+  assert(before >= jobs && "more jobs settled than taken");
 }
 
 size_t Worker::JobQueue::clear() {
@@ -135,6 +167,25 @@ size_t Worker::JobQueue::clear() {
   const size_t count = jobs_.size();
   jobs_.clear();
   return count;
+}
+
+bool Worker::MissingSweeps::known(const std::string& sweep) {
+  const std::lock_guard lock(mutex_);
+  return ids_.contains(sweep);
+}
+
+void Worker::MissingSweeps::warn_once(const std::string& sweep) {
+  {
+    const std::lock_guard lock(mutex_);
+    if (!ids_.insert(sweep).second) return;
+    order_.push_back(sweep);
+    if (order_.size() > kMaxMissingSweeps) {
+      ids_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+  spdlog::warn("sweep {} is no longer in Redis (expired or deleted); its results are discarded",
+               sweep);
 }
 
 void Worker::WriteQueue::push_marks(std::vector<JobWrite> marks) {
@@ -235,12 +286,16 @@ void Worker::connect(Connection& connection) {
   }
   connection.socket = std::move(socket);
   connection.last_heard = Clock::now();
+  connection.welcomed = false;
+  connection.done_blocked = false;
   spdlog::debug("connecting to broker at {} as {}", options_.broker, connection.routing_id);
-  send_hello(connection);
+  send_hello(connection);  // the one HELLO of this connection
+  send_done(connection);   // reports held back while there was no connection
 }
 
 void Worker::disconnect(Connection& connection) {
   connection.socket.reset();  // linger 0: whatever was queued for the broker is dropped
+  connection.welcomed = false;
   // Jobs not started yet belong to the broker again: it requeues them when it gives up on
   // this connection, so running them here would only duplicate work.
   if (const size_t dropped = jobs_.clear(); dropped > 0) {
@@ -250,16 +305,69 @@ void Worker::disconnect(Connection& connection) {
 }
 
 void Worker::send_hello(Connection& connection) {
-  const HelloMsg hello{options_.name, options_.slots, kernels_.names()};
+  // On a new connection nothing is dispatched yet, so every unsettled job belongs to an
+  // earlier one. The broker cannot have had more than `slots` in flight here.
+  const uint64_t taken = jobs_.taken();
+  const auto busy = static_cast<uint32_t>(std::min<uint64_t>(taken, options_.slots));
+  if (taken > options_.slots) {
+    spdlog::error("{} unreported jobs but only {} slots: announcing {} busy", taken, options_.slots,
+                  busy);
+  }
+  if (busy > 0) {
+    spdlog::info("connecting as {}: {} of {} slots still busy with jobs of an earlier connection",
+                 connection.routing_id, busy, options_.slots);
+  }
+  HelloMsg hello{options_.name, options_.slots, kernels_.names()};
+  hello.busy = busy;
   send(connection, Command::kHello, encode(hello));
 }
 
-void Worker::send(Connection& connection, Command command, std::string_view body) {
-  if (!connection.socket) return;
+bool Worker::send(Connection& connection, Command command, std::string_view body) {
+  if (!connection.socket) return false;
   if (!simq::send(*connection.socket, command, body)) {
-    spdlog::warn("could not send {} to the broker at {}", command_name(command), options_.broker);
+    if (command != Command::kDone) {
+      spdlog::warn("could not send {} to the broker at {}", command_name(command), options_.broker);
+    }
+    return false;
   }
   connection.last_sent = Clock::now();
+  return true;
+}
+
+void Worker::receive_done(zmq::socket_t& done_in, Connection& connection, bool& flushed) {
+  zmq::message_t count;
+  while (done_in.recv(count, zmq::recv_flags::dontwait)) {
+    if (!count.more()) {  // the writer's last word: everything is written and forwarded
+      flushed = true;
+      break;
+    }
+    zmq::message_t body;
+    [[maybe_unused]] const auto received = done_in.recv(body);  // same message: already here
+    assert(received && !body.more());
+    uint64_t jobs = 0;
+    const auto text = count.to_string_view();
+    [[maybe_unused]] const auto parsed =
+        std::from_chars(text.data(), text.data() + text.size(), jobs);
+    assert(parsed.ec == std::errc());
+    connection.unsent.push_back({body.to_string(), jobs});
+  }
+  send_done(connection);
+}
+
+void Worker::send_done(Connection& connection) {
+  while (connection.socket && !connection.unsent.empty()) {
+    auto& done = connection.unsent.front();
+    if (!send(connection, Command::kDone, done.body)) {
+      // The broker is not reading (its queue to us is full): kept and tried again each poll.
+      if (!connection.done_blocked) {
+        spdlog::warn("cannot send DONE to the broker at {} yet: will retry", options_.broker);
+      }
+      connection.done_blocked = true;
+      return;
+    }
+    jobs_.settled(done.jobs);
+    connection.unsent.pop_front();
+  }
 }
 
 void Worker::handle_broker_message(Connection& connection, bool stopping) {
@@ -289,6 +397,7 @@ void Worker::handle_broker_message(Connection& connection, bool stopping) {
           connection.heartbeat = milliseconds(static_cast<int64_t>(heartbeat));
           connection.liveness = liveness;
           connection.reconnect_delay = milliseconds(options_.reconnect_min_ms);
+          connection.welcomed = true;
           spdlog::info("registered with the broker at {} as {} ({} slots, heartbeat {} ms)",
                        options_.broker, connection.routing_id, options_.slots, heartbeat);
           break;
@@ -302,11 +411,10 @@ void Worker::handle_broker_message(Connection& connection, bool stopping) {
         case Command::kError: {
           const ErrorMsg error = decode_error(envelope->body);
           if (error.code == "unknown_worker") {
-            spdlog::warn("the broker does not know {}: saying HELLO again", connection.routing_id);
-            send_hello(connection);
-          } else {
-            spdlog::warn("the broker refused a message: {}: {}", error.code, error.message);
+            on_unknown_worker(connection, stopping);
+            return;  // that socket is closed, with any further ERRORs queued on it
           }
+          spdlog::warn("the broker refused a message: {}: {}", error.code, error.message);
           break;
         }
         default:
@@ -319,6 +427,25 @@ void Worker::handle_broker_message(Connection& connection, bool stopping) {
       spdlog::warn("malformed {} from the broker: {}", command_name(envelope->command), e.what());
     }
   }
+}
+
+void Worker::on_unknown_worker(Connection& connection, bool stopping) {
+  // The broker declared this connection dead and requeued its jobs. As for a lost connection:
+  // a new socket and routing id, and one HELLO announcing the slots still busy.
+  const bool welcomed = connection.welcomed;
+  const std::string routing_id = connection.routing_id;
+  disconnect(connection);
+  if (stopping) {
+    spdlog::info("the broker no longer knows {}: leaving without BYE", routing_id);
+    return;
+  }
+  connection.reconnect_at = Clock::now();
+  if (!welcomed) {  // it never accepted our HELLO: back off rather than hammer it
+    connection.reconnect_at += connection.reconnect_delay;
+    connection.reconnect_delay = doubled(connection.reconnect_delay, options_.reconnect_max_ms);
+  }
+  spdlog::warn("the broker no longer knows {} (it presumed this worker dead): reconnecting",
+               routing_id);
 }
 
 void Worker::on_dispatch(std::string_view body, bool stopping) {
@@ -431,27 +558,21 @@ int Worker::run() {
     }
 
     if ((items[0].revents & ZMQ_POLLIN) != 0) {
-      zmq::message_t message;
-      while (done_in.recv(message, zmq::recv_flags::dontwait)) {
-        if (message.size() == 0) {
-          flushed = true;
-          break;
-        }
-        if (connection.socket) {
-          send(connection, Command::kDone, message.to_string_view());
-        } else {
-          // Those jobs were dispatched on a connection the broker has given up: it requeues
-          // them, and their results, already in Redis, make the reruns duplicates.
-          spdlog::debug("no broker connection: a DONE batch is not sent");
-        }
-      }
+      receive_done(done_in, connection, flushed);  // held while there is no connection
+    } else {
+      send_done(connection);  // retries a DONE that found the broker's queue full
     }
     if (count == 2 && (items[1].revents & ZMQ_POLLIN) != 0) {
       handle_broker_message(connection, stopping);
     }
   }
 
-  if (connection.socket) send(connection, Command::kBye, encode_empty());
+  if (connection.socket) {
+    send_done(connection);
+    send(connection, Command::kBye, encode_empty());
+    // Closing with linger 0 would drop the last DONE and the BYE still in the socket's queue.
+    if (!forced) connection.socket->set(zmq::sockopt::linger, kFinalLingerMs);
+  }
   connection.socket.reset();
   if (!forced) {
     writer_.join();
@@ -468,12 +589,27 @@ int Worker::run() {
 
 void Worker::slot_loop(const std::stop_token& stop) {
   while (const auto job = jobs_.pop(stop)) {
+    // Every job taken ends in exactly one report (a DONE) unless a stop cancels it: a job
+    // left without one would stay in flight on the broker, and busy after a reconnection.
+    std::optional<JobWrite> finished;
     try {
-      run_job(*job, stop);
+      finished = run_job(*job, stop);
     } catch (const std::exception& e) {
-      // Not the kernel (run_job catches those): out of memory building a record, say. The
-      // job gets no record here; the broker requeues it when this worker goes away.
-      spdlog::error("job {}: {}", job_id(job->sweep, job->index), e.what());
+      // Not the kernel (run_job catches those): out of memory building a record, say.
+      ++stats_.failed;
+      const std::string error = fmt::format("job {} failed outside its kernel: {}",
+                                            job_id(job->sweep, job->index), e.what());
+      spdlog::error("{}", error);
+      try {
+        finished = failed_job(*job, "", error);
+      } catch (const std::exception&) {
+        finished = JobWrite{*job, false, {}};  // reported DONE without a record
+      }
+    }
+    if (finished) {
+      writes_.push_finished(std::move(*finished));
+    } else {
+      jobs_.settled(1);  // cancelled: the broker requeues it when this worker says BYE
     }
   }
   slots_running_.fetch_sub(1);
@@ -509,9 +645,12 @@ Worker::SpecLookup Worker::lookup_sweep(const std::string& sweep, const std::sto
           spec_order_.push_back(sweep);
         }
         return SpecLookup::found(std::move(spec));
-      } catch (const Error& e) {  // ConnectError, StoreError: Redis is down or refusing
+      } catch (const ConnectError& e) {  // Redis is unreachable: it may come back
         spdlog::warn("cannot read sweep {} from Redis at {}: {}; retrying in {} ms", sweep,
                      options_.redis.url(), e.what(), delay.count());
+      } catch (const std::exception& e) {  // Redis answered, but not with a sweep record
+        return SpecLookup::unreadable(
+            fmt::format("cannot read sweep {} from Redis: {}", sweep, e.what()), "");
       }
     }
     if (!sleep_unless_stopped(delay, stop)) return SpecLookup{};
@@ -539,28 +678,32 @@ std::string Worker::job_record(const JobRef& job, const std::string& kernel, con
   return dump(record);
 }
 
-void Worker::run_job(const JobRef& job, const std::stop_token& stop) {
+JobWrite Worker::failed_job(const JobRef& job, const std::string& kernel,
+                            const std::string& error) {
+  const double now = unix_time();
+  return JobWrite{job, false, job_record(job, kernel, Json::object(), Json(), &error, now, now, 0)};
+}
+
+std::optional<JobWrite> Worker::run_job(const JobRef& job, const std::stop_token& stop) {
+  const std::string id = job_id(job.sweep, job.index);
   const SpecLookup lookup = lookup_sweep(job.sweep, stop);
   if (lookup.missing) {
-    spdlog::error(
-        "job {}: sweep {} is not in Redis at {} (expired or never recorded): no record "
-        "can be written",
-        job_id(job.sweep, job.index), job.sweep, options_.redis.url());
+    missing_sweeps_.warn_once(job.sweep);
+    spdlog::debug("job {}: sweep {} is not in Redis at {}: no record can be written", id, job.sweep,
+                  options_.redis.url());
     ++stats_.failed;
-    writes_.push_finished(JobWrite{job, false, {}});
-    return;
+    return JobWrite{job, false, {}};
   }
   if (!lookup.spec && lookup.error.empty()) {
     ++stats_.cancelled;  // stopped while Redis was unreachable
-    return;
+    return std::nullopt;
   }
   if (lookup.spec && job.index >= lookup.spec->total()) {
     // A broker bug, not the job's fault: a record would count a job the sweep does not have.
-    spdlog::error("job {}: index out of range, sweep {} has {} jobs: no record is written",
-                  job_id(job.sweep, job.index), job.sweep, lookup.spec->total());
+    spdlog::error("job {}: index out of range, sweep {} has {} jobs: no record is written", id,
+                  job.sweep, lookup.spec->total());
     ++stats_.failed;
-    writes_.push_finished(JobWrite{job, false, {}});
-    return;
+    return JobWrite{job, false, {}};
   }
 
   double started_at = unix_time();
@@ -569,13 +712,21 @@ void Worker::run_job(const JobRef& job, const std::stop_token& stop) {
   Json params = Json::object();
   Json result;
   std::optional<std::string> error;
+  const Kernel* kernel = nullptr;
   if (!lookup.spec) {
     error = lookup.error;
-  } else if (const Kernel* kernel = kernels_.find(kernel_name); kernel == nullptr) {
-    params = lookup.spec->params_at(job.index);
-    error = fmt::format("unknown kernel '{}' (this worker has: {})", kernel_name, kernel_list_);
   } else {
-    params = lookup.spec->params_at(job.index);
+    try {
+      params = lookup.spec->params_at(job.index);
+    } catch (const std::exception& e) {
+      error = fmt::format("cannot derive params of job {}: {}", id, e.what());
+    }
+    kernel = kernels_.find(kernel_name);
+    if (!error && kernel == nullptr) {
+      error = fmt::format("unknown kernel '{}' (this worker has: {})", kernel_name, kernel_list_);
+    }
+  }
+  if (!error) {
     started_at = unix_time();
     start = Clock::now();
     try {
@@ -584,20 +735,25 @@ void Worker::run_job(const JobRef& job, const std::stop_token& stop) {
         error = fmt::format("kernel '{}' returned {}, expected an object", kernel_name,
                             describe_value(result));
       }
-    } catch (const KernelCancelled&) {
-      ++stats_.cancelled;
-      return;
+    } catch (const KernelCancelled& e) {
+      if (stop.stop_requested()) {
+        ++stats_.cancelled;
+        return std::nullopt;
+      }
+      // Not ours to drop: nothing would ever requeue it.
+      error = fmt::format("kernel '{}' cancelled itself without a stop request: {}", kernel_name,
+                          e.what());
     } catch (const std::exception& e) {
       if (stop.stop_requested()) {  // most likely the stop made it fail: let it run elsewhere
         ++stats_.cancelled;
-        return;
+        return std::nullopt;
       }
       error = *e.what() != '\0' ? std::string(e.what())
                                 : fmt::format("kernel '{}' failed without a message", kernel_name);
     } catch (...) {
       if (stop.stop_requested()) {
         ++stats_.cancelled;
-        return;
+        return std::nullopt;
       }
       error = fmt::format("kernel '{}' threw something that is not a std::exception", kernel_name);
     }
@@ -615,11 +771,11 @@ void Worker::run_job(const JobRef& job, const std::stop_token& stop) {
   }
   if (error) {
     ++stats_.failed;
-    spdlog::debug("job {} failed: {}", job_id(job.sweep, job.index), *error);
+    spdlog::debug("job {} failed: {}", id, *error);
   } else {
     ++stats_.succeeded;
   }
-  writes_.push_finished(JobWrite{job, !error, std::move(record)});
+  return JobWrite{job, !error, std::move(record)};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -630,22 +786,30 @@ void Worker::writer_loop(const std::stop_token& stop) {
   configure_socket(done_out);
   done_out.set(zmq::sockopt::sndtimeo, static_cast<int>(kPairSendTimeout.count()));
   done_out.connect(kDoneEndpoint);
-  // Blocks while the IO thread is behind, but never past a stop request.
-  const auto forward = [&](std::string_view body) {
+  // Blocks while the IO thread is behind, but never past a stop request. `body` empty: the
+  // one-frame "all flushed" message.
+  const auto forward = [&](uint64_t jobs, std::string_view body) {
+    const std::string count = std::to_string(jobs);
     while (!stop.stop_requested()) {
-      if (done_out.send(zmq::buffer(body), zmq::send_flags::none)) return;
+      if (body.empty()) {
+        if (done_out.send(zmq::buffer(body), zmq::send_flags::none)) return;
+      } else if (done_out.send(zmq::buffer(count), zmq::send_flags::sndmore)) {
+        // Once the first frame is queued, ZeroMQ takes the rest of the message whole.
+        done_out.send(zmq::buffer(body), zmq::send_flags::none);
+        return;
+      }
     }
   };
 
   std::vector<JobWrite> marks;
   std::vector<JobWrite> finished;
-  std::vector<JobWrite> records;  // the finished jobs that have a record, when not all do
   bool closed = false;
   milliseconds delay(options_.redis_retry_min_ms);
+  int refusals = 0;  // batches in a row that Redis answered with an error
   while (!stop.stop_requested()) {
     if (marks.empty() && finished.empty()) {
       if (closed) {
-        forward({});  // everything is written and reported
+        forward(0, {});  // everything is written and reported
         return;
       }
       if (!writes_.take(stop, marks, finished, closed)) return;
@@ -654,36 +818,24 @@ void Worker::writer_loop(const std::stop_token& stop) {
     }
     if (marks.empty() && finished.empty()) continue;
 
+    bool written = false;
     try {
-      // Marks first: a job's running mark and its terminal record may be in one batch, and
-      // the record must win (finish deletes the mark).
-      if (!marks.empty()) {
-        writer_store_.mark_running(marks);
-        marks.clear();
-      }
-      if (!finished.empty()) {
-        const bool all_recorded = std::all_of(finished.begin(), finished.end(),
-                                              [](const JobWrite& w) { return !w.record.empty(); });
-        if (!all_recorded) {
-          records.clear();
-          std::copy_if(finished.begin(), finished.end(), std::back_inserter(records),
-                       [](const JobWrite& w) { return !w.record.empty(); });
-        }
-        const FinishCounts counts = writer_store_.finish(all_recorded ? finished : records);
-        if (counts.duplicates > 0 || counts.orphans > 0) {
-          spdlog::info(
-              "{} results discarded as duplicates (another attempt was first), {} of "
-              "sweeps no longer in Redis",
-              counts.duplicates, counts.orphans);
-        }
-      }
-    } catch (const Error& e) {  // ConnectError, StoreError: keep the batch and retry
+      write_batch(marks, finished, refusals >= kMaxRefusals);
+      written = true;
+    } catch (const StoreError& e) {  // keep the batch and retry; then each sweep on its own
+      ++refusals;
+      spdlog::warn("Redis at {} refused {} records: {}; retrying in {} ms", options_.redis.url(),
+                   finished.size() + marks.size(), e.what(), delay.count());
+    } catch (const Error& e) {  // ConnectError: keep the batch and retry until Redis is back
       spdlog::warn("cannot write {} records to Redis at {}: {}; retrying in {} ms",
                    finished.size() + marks.size(), options_.redis.url(), e.what(), delay.count());
+    }
+    if (!written) {
       if (!sleep_unless_stopped(delay, stop)) return;
       delay = doubled(delay, options_.redis_retry_max_ms);
       continue;
     }
+    refusals = 0;
     if (delay != milliseconds(options_.redis_retry_min_ms)) {
       spdlog::info("writing to Redis at {} again", options_.redis.url());
       delay = milliseconds(options_.redis_retry_min_ms);
@@ -693,9 +845,92 @@ void Worker::writer_loop(const std::stop_token& stop) {
       DoneMsg done;
       done.jobs.reserve(finished.size());
       for (auto& w : finished) done.jobs.push_back(DoneJob{std::move(w.job), w.ok});
-      forward(encode(done));
+      forward(done.jobs.size(), encode(done));
       finished.clear();
     }
+  }
+}
+
+void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished,
+                         bool apart) {
+  // Marks first: a job's running mark and its terminal record may be in one batch, and the
+  // record must win (finish deletes the mark).
+  if (!marks.empty()) {
+    if (!apart) {
+      writer_store_.mark_running(marks);
+    } else {
+      for_each_sweep(marks, [&](const std::string& sweep, const std::vector<JobWrite>& group) {
+        try {
+          writer_store_.mark_running(group);
+        } catch (const StoreError& e) {  // marks only inform `simq status` and recovery
+          spdlog::warn("Redis refuses the running marks of sweep {}: {}; {} marks dropped", sweep,
+                       e.what(), group.size());
+        }
+      });
+    }
+    marks.clear();
+  }
+  if (finished.empty()) return;
+
+  if (!apart) {
+    const bool all_recorded = std::all_of(finished.begin(), finished.end(),
+                                          [](const JobWrite& w) { return !w.record.empty(); });
+    if (all_recorded) {
+      finish(finished, /*retried=*/false);
+    } else {
+      std::vector<JobWrite> records;
+      std::copy_if(finished.begin(), finished.end(), std::back_inserter(records),
+                   [](const JobWrite& w) { return !w.record.empty(); });
+      finish(records, /*retried=*/false);
+    }
+    return;
+  }
+  // Redis keeps refusing this batch: most likely one sweep's record is corrupt. Each sweep is
+  // written on its own, and the jobs of a sweep Redis still refuses are reported without a
+  // record: held back, they would stay in flight forever and hold back every other sweep.
+  for_each_sweep(finished, [&](const std::string& sweep, const std::vector<JobWrite>& group) {
+    try {
+      finish(group, /*retried=*/true);
+    } catch (const StoreError& e) {
+      spdlog::error("Redis refuses the results of sweep {}: {}; {} jobs reported without a record",
+                    sweep, e.what(), group.size());
+      for (auto& w : finished) {
+        if (w.job.sweep == sweep) w.record.clear();  // not written again on a retry
+      }
+    }
+  });
+}
+
+void Worker::finish(const std::vector<JobWrite>& records, bool retried) {
+  const FinishCounts counts = writer_store_.finish(records);
+  if (counts.duplicates > 0) {
+    // After a refused batch, most "duplicates" are this batch's own records, stored by the
+    // scripts Redis did run.
+    spdlog::log(retried ? spdlog::level::debug : spdlog::level::info,
+                "{} results discarded: another attempt of those jobs was recorded first",
+                counts.duplicates);
+  }
+  if (counts.orphans > 0) warn_missing_sweeps(records);
+}
+
+void Worker::warn_missing_sweeps(const std::vector<JobWrite>& written) {
+  // The store counts discarded records, not their sweeps: ask Redis which sweeps of the batch
+  // are gone, except those warned about already.
+  std::vector<std::string> sweeps;
+  for (const auto& w : written) {
+    if (std::find(sweeps.begin(), sweeps.end(), w.job.sweep) == sweeps.end() &&
+        !missing_sweeps_.known(w.job.sweep)) {
+      sweeps.push_back(w.job.sweep);
+    }
+  }
+  try {
+    for (const auto& sweep : sweeps) {
+      if (writer_store_.redis().command({"EXISTS", sweep_key(sweep)}).integer == 0) {
+        missing_sweeps_.warn_once(sweep);
+      }
+    }
+  } catch (const Error& e) {  // only a log line is lost: the records were handled
+    spdlog::debug("cannot tell which sweeps are gone from Redis: {}", e.what());
   }
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 #include <zmq.hpp>
 
@@ -75,17 +76,37 @@ class Worker {
   struct Connection;
   struct SpecLookup;
 
-  // Jobs dispatched by the broker and not yet taken by a slot. IO thread -> slots.
+  // Jobs dispatched by the broker and not yet taken by a slot (IO thread -> slots), and how
+  // many taken jobs are still unsettled: running, being written, or DONE not yet handed to a
+  // broker socket. HELLO announces those as busy after a reconnection.
   class JobQueue {
    public:
     void push(const std::vector<JobRef>& jobs);
-    std::optional<JobRef> pop(const std::stop_token& stop);  // nullopt once stop is requested
-    size_t clear();                                          // returns how many were dropped
+    // The next job, counted as taken (under the same lock as clear(), so a job is either
+    // dropped or counted); nullopt once stop is requested.
+    std::optional<JobRef> pop(const std::stop_token& stop);
+    size_t clear();  // drops the jobs not taken yet; returns how many
+    uint64_t taken() const { return taken_.load(); }
+    // `jobs` taken jobs were reported DONE to the broker, or cancelled (never reported).
+    void settled(uint64_t jobs);
 
    private:
     std::mutex mutex_;
     std::condition_variable_any ready_;
     std::deque<JobRef> jobs_;
+    std::atomic<uint64_t> taken_{0};
+  };
+
+  // Sweeps found missing from Redis, remembered so that each is warned about once. Any thread.
+  class MissingSweeps {
+   public:
+    bool known(const std::string& sweep);
+    void warn_once(const std::string& sweep);  // logs the warning the first time only
+
+   private:
+    std::mutex mutex_;
+    std::unordered_set<std::string> ids_;
+    std::deque<std::string> order_;  // oldest first, for forgetting past a limit
   };
 
   // Running marks (from the IO thread) and finished jobs (from the slots), for the writer.
@@ -114,14 +135,19 @@ class Worker {
   void connect(Connection& connection);
   void disconnect(Connection& connection);
   void send_hello(Connection& connection);
-  void send(Connection& connection, Command command, std::string_view body);
+  bool send(Connection& connection, Command command, std::string_view body);
+  void receive_done(zmq::socket_t& done_in, Connection& connection, bool& flushed);
+  void send_done(Connection& connection);
   void handle_broker_message(Connection& connection, bool stopping);
+  void on_unknown_worker(Connection& connection, bool stopping);
   void on_dispatch(std::string_view body, bool stopping);
   void begin_stop();
 
   // Slot threads.
   void slot_loop(const std::stop_token& stop);
-  void run_job(const JobRef& job, const std::stop_token& stop);
+  // The finished job to record and report, or nullopt if it was cancelled by a stop.
+  std::optional<JobWrite> run_job(const JobRef& job, const std::stop_token& stop);
+  JobWrite failed_job(const JobRef& job, const std::string& kernel, const std::string& error);
   SpecLookup lookup_sweep(const std::string& sweep, const std::stop_token& stop);
   std::string job_record(const JobRef& job, const std::string& kernel, const Json& params,
                          const Json& result, const std::string* error, double started_at,
@@ -129,6 +155,12 @@ class Worker {
 
   // Writer thread.
   void writer_loop(const std::stop_token& stop);
+  // Writes running marks, then terminal records (those that have one). Throws ConnectError, or
+  // StoreError if Redis refuses; `apart`: each sweep on its own, and a sweep Redis refuses
+  // has its jobs' records cleared so that they are reported without one.
+  void write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool apart);
+  void finish(const std::vector<JobWrite>& records, bool retried);  // logs what was discarded
+  void warn_missing_sweeps(const std::vector<JobWrite>& written);
 
   WorkerOptions options_;
   const KernelRegistry kernels_;
@@ -138,6 +170,7 @@ class Worker {
   zmq::context_t context_;  // destroyed after every socket (declared before the threads)
   JobQueue jobs_;
   WriteQueue writes_;
+  MissingSweeps missing_sweeps_;
   std::atomic<unsigned> slots_running_{0};
 
   // Sweep specs by id. The Store fetches specs for the slots; both under specs_mutex_.

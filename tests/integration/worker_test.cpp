@@ -1,0 +1,334 @@
+// A worker that the broker gives up on while its kernels run: on a real cluster (SIGSTOP past
+// its liveness, then SIGCONT) it comes back with those slots announced busy, reports the old
+// jobs on its new connection, and the sweep ends with exactly one record per job; facing a
+// scripted broker that answers ERROR unknown_worker, it reconnects once, under a new routing id.
+// And a corrupt sweep record fails its jobs instead of leaving them in flight forever.
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <csignal>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "simq/json.h"
+#include "simq/protocol.h"
+#include "test_support.h"
+
+namespace simq::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
+// The broker's status snapshot (docs/redis-schema.md), or null if there is none yet.
+Json broker_status(Redis& redis) {
+  const auto reply = redis.command({"GET", "simq:broker"});
+  return reply.is_nil() ? Json() : Json::parse(reply.str, nullptr, false);
+}
+
+// Broker entries of the worker whose name ("host:pid") ends in ":<pid>".
+std::vector<Json> entries_of(const Json& status, pid_t pid) {
+  std::vector<Json> entries;
+  if (!status.is_object() || !status.contains("workers")) return entries;
+  const std::string suffix = fmt::format(":{}", pid);
+  for (const auto& worker : status["workers"]) {
+    if (worker["name"].get<std::string>().ends_with(suffix)) entries.push_back(worker);
+  }
+  return entries;
+}
+
+TEST(Worker, StoppedPastLivenessComesBackWithBusySlotsAndLosesNothing) {
+  constexpr int kSlots = 2;
+  constexpr int kJobs = 8;  // 2 s each: four waves on 4 slots, one of them wasted on reruns
+  TestCluster cluster({.workers = 2, .slots = kSlots, .heartbeat_ms = 100, .liveness = 3});
+  TempDir dir;
+  std::ofstream(dir.file("long.toml")) << fmt::format(
+      "kernel = \"sleep\"\n[grid]\nseconds = [2.0]\ni = {{ range = [0, {}] }}\n", kJobs);
+  const auto submitted = cluster.simq({"submit", dir.file("long.toml")});
+  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  const auto sweep = trim(submitted.out);
+  auto redis = cluster.redis().connect();
+  const std::string jobs_key = "simq:sweep:" + sweep + ":jobs";
+  const std::string running_key = "simq:sweep:" + sweep + ":running";
+  ChildProcess& victim = cluster.worker(0);
+
+  // The victim's running jobs: its own marks, attempt 1.
+  std::vector<std::string> old_jobs;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        old_jobs.clear();
+        const auto marks = redis->command({"HGETALL", running_key});
+        for (size_t i = 0; i + 1 < marks.elements.size(); i += 2) {
+          const auto mark = Json::parse(marks.elements[i + 1].str);
+          if (mark["worker"].get<std::string>().ends_with(fmt::format(":{}", victim.pid()))) {
+            old_jobs.push_back(marks.elements[i].str);
+          }
+        }
+        return old_jobs.size() == static_cast<size_t>(kSlots);
+      },
+      10s))
+      << cluster.logs();
+
+  // Every sample: running marks never exceed all slots plus the victim's (its old jobs may
+  // still run while their reruns do); and once the victim has rejoined, the broker never
+  // gives it more jobs than the slots its old jobs leave free. Its status entry is at most one
+  // snapshot old, and an old job is recorded before it is reported, so reading the records
+  // after the status only makes that check looser, never wrong.
+  long long most_running = 0;
+  int64_t most_victim_load = 0;
+  bool rejoined = false;
+  const auto sample = [&](bool rejoining) {
+    most_running = std::max(most_running, redis->command({"HLEN", running_key}).integer);
+    const auto entries = entries_of(broker_status(*redis), victim.pid());
+    if (!rejoining || entries.empty()) return;
+    int64_t load = 0;
+    for (const auto& entry : entries) load += entry["in_flight"].get<int64_t>();
+    for (const auto& index : old_jobs) {
+      if (redis->command({"HEXISTS", jobs_key, index}).integer == 0) ++load;
+    }
+    most_victim_load = std::max(most_victim_load, load);
+  };
+
+  victim.signal(SIGSTOP);
+  const bool given_up = wait_until(
+      [&] {
+        sample(false);  // the old connection's entry still counts the old jobs in flight
+        return entries_of(broker_status(*redis), victim.pid()).empty();
+      },
+      10s);
+  victim.signal(SIGCONT);
+  ASSERT_TRUE(given_up) << "the broker never gave up on the stopped worker\n" << cluster.logs();
+
+  const bool done = wait_until(
+      [&] {
+        sample(true);
+        rejoined = rejoined || !entries_of(broker_status(*redis), victim.pid()).empty();
+        return redis->command({"HGET", "simq:sweep:" + sweep, "status"}).str == "done";
+      },
+      20s);
+  ASSERT_TRUE(done) << cluster.logs();
+  EXPECT_TRUE(rejoined) << cluster.logs();
+  EXPECT_LE(most_running, 2 * kSlots + kSlots) << cluster.logs();
+  EXPECT_LE(most_victim_load, kSlots)
+      << "the broker gave the reconnected worker jobs for slots its old jobs still held\n"
+      << cluster.logs();
+  EXPECT_THAT(cluster.logs(), HasSubstr("slots still busy with jobs of an earlier connection"));
+
+  // Exactly one record and one completion event per job, plus the final event.
+  EXPECT_EQ(redis->command({"HLEN", jobs_key}).integer, kJobs);
+  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, kJobs + 1);
+  for (int i = 0; i < kJobs; ++i) {
+    const auto record = Json::parse(redis->command({"HGET", jobs_key, std::to_string(i)}).str);
+    EXPECT_EQ(record["status"], "succeeded") << record.dump();
+  }
+  EXPECT_TRUE(wait_until([&] { return cluster.connected_workers() == 2; }, 5s)) << cluster.logs();
+  EXPECT_EQ(entries_of(broker_status(*redis), victim.pid()).size(), 1u);
+
+  // Every old job was reported once on the new connection: late_done does not creep up.
+  const auto late_done = [&] { return broker_status(*redis)["late_done"].get<int64_t>(); };
+  const int64_t late_after_sweep = late_done();
+  EXPECT_FALSE(wait_until([&] { return late_done() != late_after_sweep; }, 1s))
+      << "late_done went from " << late_after_sweep << " to " << late_done();
+
+  // ... and its busy slots are all free again: a sweep as large as the cluster fills them.
+  std::ofstream(dir.file("fill.toml")) << fmt::format(
+      "kernel = \"sleep\"\n[grid]\nseconds = [3.0]\ni = {{ range = [0, {}] }}\n", 2 * kSlots);
+  const auto fill = cluster.simq({"submit", dir.file("fill.toml")});
+  ASSERT_EQ(fill.status, 0) << fill.err;
+  int64_t victim_in_flight = 0;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        const auto entries = entries_of(broker_status(*redis), victim.pid());
+        victim_in_flight = entries.empty() ? 0 : entries[0]["in_flight"].get<int64_t>();
+        return victim_in_flight == kSlots;
+      },
+      2s))
+      << "the reconnected worker got " << victim_in_flight << " of " << kSlots << " jobs\n"
+      << cluster.logs();
+}
+
+// A broker backend the test drives by hand: a ROUTER on a free loopback port.
+class ScriptedBroker {
+ public:
+  explicit ScriptedBroker(zmq::context_t& context) : socket_(context, zmq::socket_type::router) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.set(zmq::sockopt::rcvtimeo, 100);
+    socket_.bind("tcp://127.0.0.1:*");
+    endpoint_ = socket_.get(zmq::sockopt::last_endpoint);
+  }
+  const std::string& endpoint() const { return endpoint_; }
+
+  struct Message {
+    std::string worker;  // routing id
+    std::string command;
+    std::string body;
+  };
+
+  // The next message other than HEARTBEAT, or nullopt if none comes within `timeout`.
+  std::optional<Message> next(std::chrono::milliseconds timeout) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::vector<zmq::message_t> frames;
+      zmq::message_t frame;
+      if (!socket_.recv(frame)) continue;
+      frames.push_back(std::move(frame));
+      while (frames.back().more()) {
+        frames.emplace_back();
+        if (!socket_.recv(frames.back())) break;
+      }
+      if (frames.size() != 4 || frames[2].to_string() == "HEARTBEAT") continue;
+      return Message{frames[0].to_string(), frames[2].to_string(), frames[3].to_string()};
+    }
+    return std::nullopt;
+  }
+
+  void send(const std::string& worker, std::string_view command, const std::string& body) {
+    socket_.send(zmq::buffer(worker), zmq::send_flags::sndmore);
+    socket_.send(zmq::buffer(kProtocol), zmq::send_flags::sndmore);
+    socket_.send(zmq::buffer(command), zmq::send_flags::sndmore);
+    socket_.send(zmq::buffer(body), zmq::send_flags::none);
+  }
+
+ private:
+  zmq::socket_t socket_;
+  std::string endpoint_;
+};
+
+TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
+  TestCluster cluster({.workers = 0});  // Redis and a broker to record the sweep; no workers
+  TempDir dir;
+  std::ofstream(dir.file("three.toml"))
+      << "kernel = \"sleep\"\n[grid]\nseconds = [1.0]\ni = { range = [0, 3] }\n";
+  const auto submitted = cluster.simq({"submit", dir.file("three.toml")});
+  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  const auto sweep = trim(submitted.out);
+  auto redis = cluster.redis().connect();
+  const std::string running_key = "simq:sweep:" + sweep + ":running";
+  const auto marked = [&](int count) {
+    return wait_until([&] { return redis->command({"HLEN", running_key}).integer == count; }, 5s);
+  };
+
+  zmq::context_t context;
+  ScriptedBroker broker(context);
+  ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
+                       cluster.redis().url(), "--slots", "2", "--log-level", "debug"},
+                      dir.file("worker.log"));
+  const auto log = [&] { return read_file(dir.file("worker.log")); };
+
+  auto hello = broker.next(5s);
+  ASSERT_TRUE(hello && hello->command == "HELLO") << log();
+  EXPECT_EQ(decode_hello(hello->body).busy, 0u);
+  const std::string first = hello->worker;
+  broker.send(first, "WELCOME", encode(WelcomeMsg{1000, 10}));  // no silence within the test
+  // Jobs 0 and 1 take both slots (their running marks show the worker took them); job 2
+  // waits in the worker's queue.
+  broker.send(first, "DISPATCH", encode(DispatchMsg{{{sweep, 0, 1}, {sweep, 1, 1}}}));
+  ASSERT_TRUE(marked(2)) << log();
+  broker.send(first, "DISPATCH", encode(DispatchMsg{{{sweep, 2, 1}}}));
+  ASSERT_TRUE(marked(3)) << log();
+
+  // The broker has forgotten this connection; three ERRORs arrive before the worker reacts.
+  const auto unknown = encode(ErrorMsg{0, "unknown_worker", "unknown worker: send HELLO first"});
+  for (int i = 0; i < 3; ++i) broker.send(first, "ERROR", unknown);
+
+  hello = broker.next(5s);
+  ASSERT_TRUE(hello && hello->command == "HELLO") << log();
+  EXPECT_NE(hello->worker, first) << "a new connection has a new routing id";
+  EXPECT_EQ(decode_hello(hello->body).busy, 2u) << "jobs 0 and 1 are still running";
+  const std::string second = hello->worker;
+  broker.send(second, "WELCOME", encode(WelcomeMsg{1000, 10}));
+
+  // The old jobs are reported on the new connection, once each; the queued job 2 was dropped.
+  std::vector<uint64_t> reported;
+  while (reported.size() < 2) {
+    const auto message = broker.next(5s);
+    ASSERT_TRUE(message) << "reported so far: " << reported.size() << "\n" << log();
+    ASSERT_EQ(message->command, "DONE") << "only one HELLO per connection\n" << log();
+    ASSERT_EQ(message->worker, second);
+    for (const auto& done : decode_done(message->body).jobs) {
+      EXPECT_EQ(done.job.sweep, sweep);
+      EXPECT_EQ(done.job.attempt, 1u);
+      EXPECT_TRUE(done.ok);
+      reported.push_back(done.job.index);
+    }
+  }
+  std::sort(reported.begin(), reported.end());
+  EXPECT_EQ(reported, (std::vector<uint64_t>{0, 1}));
+  const auto extra = broker.next(500ms);
+  EXPECT_FALSE(extra) << "unexpected " << extra->command << " from " << extra->worker;
+
+  // A clean stop says BYE, and it leaves before the socket closes.
+  worker.signal(SIGTERM);
+  const auto bye = broker.next(5s);
+  ASSERT_TRUE(bye) << log();
+  EXPECT_EQ(bye->command, "BYE");
+  EXPECT_EQ(bye->worker, second);
+  EXPECT_EQ(worker.wait(5s), 0) << log();
+  EXPECT_THAT(log(), HasSubstr("reconnecting"));
+}
+
+TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
+  TestCluster cluster({.workers = 0});
+  TempDir dir;
+  std::ofstream(dir.file("one.toml")) << "kernel = \"noop\"\n[grid]\nx = [1]\n";
+  std::vector<std::string> sweeps;
+  for (int i = 0; i < 3; ++i) {
+    const auto submitted = cluster.simq({"submit", dir.file("one.toml")});
+    ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+    sweeps.push_back(trim(submitted.out));
+  }
+  const std::string& unparsable = sweeps[0];  // its spec is not JSON
+  const std::string& wrong_type = sweeps[1];  // its record is not even a hash
+  const std::string& good = sweeps[2];
+  auto redis = cluster.redis().connect();
+  redis->command({"HSET", "simq:sweep:" + unparsable, "spec", "{not json"});
+  redis->command({"DEL", "simq:sweep:" + wrong_type});
+  redis->command({"SET", "simq:sweep:" + wrong_type, "garbage"});
+
+  zmq::context_t context;
+  ScriptedBroker broker(context);
+  ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
+                       cluster.redis().url(), "--slots", "3"},
+                      dir.file("worker.log"));
+  const auto log = [&] { return read_file(dir.file("worker.log")); };
+  const auto hello = broker.next(5s);
+  ASSERT_TRUE(hello && hello->command == "HELLO") << log();
+  broker.send(hello->worker, "WELCOME", encode(WelcomeMsg{1000, 10}));
+  broker.send(hello->worker, "DISPATCH",
+              encode(DispatchMsg{{{unparsable, 0, 1}, {wrong_type, 0, 1}, {good, 0, 1}}}));
+
+  std::map<std::string, bool> reported;  // sweep -> ok
+  while (reported.size() < 3) {
+    const auto message = broker.next(10s);
+    ASSERT_TRUE(message) << "jobs still in flight after 10 s\n" << log();
+    ASSERT_EQ(message->command, "DONE");
+    for (const auto& done : decode_done(message->body).jobs) {
+      EXPECT_FALSE(reported.contains(done.job.sweep)) << "reported twice: " << done.job.sweep;
+      reported[done.job.sweep] = done.ok;
+    }
+  }
+  EXPECT_FALSE(reported[unparsable]);
+  EXPECT_FALSE(reported[wrong_type]);
+  EXPECT_TRUE(reported[good]);
+
+  const auto record =
+      Json::parse(redis->command({"HGET", "simq:sweep:" + unparsable + ":jobs", "0"}).str);
+  EXPECT_EQ(record["status"], "failed");
+  EXPECT_THAT(record["error"].get<std::string>(), HasSubstr("the spec in Redis is not JSON"));
+  EXPECT_THAT(log(), HasSubstr("Redis refuses the results of sweep " + wrong_type));
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + good, "status"}).str, "done");
+  EXPECT_EQ(worker.poll(), std::nullopt) << "the worker must keep serving";
+}
+
+}  // namespace
+}  // namespace simq::test
