@@ -113,6 +113,17 @@ std::string RedisAddress::url() const {
                  : fmt::format("redis://{}:{}/{}", host, port, db);
 }
 
+void Redis::throw_error(std::string_view command, const std::string& error) const {
+  // Redis loading its data after a restart, or busy running a script, will answer soon:
+  // callers treat that like an unreachable Redis and retry.
+  for (const char* transient : {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"}) {
+    if (error.starts_with(transient)) {
+      throw ConnectError(fmt::format("Redis at {} is not ready: {}", address_.url(), error));
+    }
+  }
+  throw StoreError(fmt::format("Redis {} failed: {}", command, error));
+}
+
 void Redis::ContextFree::operator()(redisContext* context) const { redisFree(context); }
 
 Redis::Redis(RedisAddress address, std::chrono::milliseconds timeout)
@@ -187,7 +198,7 @@ RedisReply Redis::command(const RedisArgs& args) {
   append(args);
   auto reply = read_reply();
   if (reply.type == RedisReply::Type::kError) {
-    throw StoreError(fmt::format("Redis {} failed: {}", args.empty() ? "" : args[0], reply.str));
+    throw_error(args.empty() ? "" : args[0], reply.str);
   }
   return reply;
 }

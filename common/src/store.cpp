@@ -163,9 +163,7 @@ std::vector<RedisReply> Store::run_scripts(std::vector<RedisArgs> calls, std::st
     replies = redis_.pipeline(calls);
   }
   for (const auto& reply : replies) {
-    if (reply.type == RedisReply::Type::kError) {
-      throw StoreError(fmt::format("Redis script failed: {}", reply.str));
-    }
+    if (reply.type == RedisReply::Type::kError) redis_.throw_error("EVALSHA", reply.str);
   }
   return replies;
 }

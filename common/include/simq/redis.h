@@ -50,7 +50,8 @@ class Redis {
   Redis& operator=(const Redis&) = delete;
 
   // Runs one command. An error reply throws StoreError naming the command; a lost
-  // connection throws ConnectError (the next call reconnects).
+  // connection, or a Redis still loading its data (LOADING, BUSY...), throws ConnectError
+  // (the next call reconnects).
   RedisReply command(const RedisArgs& args);
 
   // Runs many commands in one round trip; replies in order. Error replies are returned,
@@ -68,6 +69,12 @@ class Redis {
   RedisReply read_reply();
   [[noreturn]] void lost(std::string_view during);
 
+ public:
+  // Throws the exception an error reply means: ConnectError for a Redis that is not ready
+  // yet (LOADING, BUSY, TRYAGAIN, MASTERDOWN), StoreError naming `command` otherwise.
+  [[noreturn]] void throw_error(std::string_view command, const std::string& error) const;
+
+ private:
   struct ContextFree {
     void operator()(redisContext* context) const;
   };
