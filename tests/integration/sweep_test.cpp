@@ -45,6 +45,27 @@ std::vector<Json> jsonl(const std::string& text) {
   return rows;
 }
 
+// Submits a sweep file with `simq submit`; returns the sweep id it printed.
+std::string submit(TestCluster& cluster, const std::string& file) {
+  const auto submitted = cluster.simq({"submit", file});
+  EXPECT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  return trim(submitted.out);
+}
+
+uint64_t counter(Redis& redis, const std::string& sweep, const std::string& field) {
+  const auto reply = redis.command({"HGET", "simq:sweep:" + sweep, field});
+  return reply.is_nil() ? 0 : std::stoull(reply.str);
+}
+
+// What "nothing lost, nothing twice" looks like in Redis once a sweep of `total` jobs ended.
+void expect_one_record_per_job(Redis& redis, const std::string& sweep, long long total) {
+  EXPECT_EQ(counter(redis, sweep, "succeeded"), static_cast<uint64_t>(total));
+  EXPECT_EQ(redis.command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, total);
+  EXPECT_EQ(redis.command({"HLEN", "simq:sweep:" + sweep + ":running"}).integer, 0);
+  // One stream entry per job, plus the final "sweep done" entry.
+  EXPECT_EQ(redis.command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, total + 1);
+}
+
 TEST(Sweep, ThousandFibJobsOnTwoWorkersAllCorrect) {
   TestCluster cluster;
   TempDir dir;
@@ -54,9 +75,7 @@ kernel = "fib"
 n = { range = [0, 50] }
 repeat = { range = [0, 20] }
 )");
-  const auto submitted = cluster.simq({"submit", file});
-  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
-  const auto sweep = trim(submitted.out);
+  const auto sweep = submit(cluster, file);
   ASSERT_FALSE(sweep.empty());
 
   const auto waited = cluster.simq({"wait", sweep});
@@ -81,15 +100,9 @@ repeat = { range = [0, 20] }
   EXPECT_EQ(workers.size(), 2u) << "both workers should have taken jobs";
 
   auto redis = cluster.redis().connect();
-  const auto counts =
-      redis->command({"HMGET", "simq:sweep:" + sweep, "total", "succeeded", "failed", "status"});
-  EXPECT_EQ(counts.elements[0].str, "1000");
-  EXPECT_EQ(counts.elements[1].str, "1000");
-  EXPECT_EQ(counts.elements[2].str, "0");
-  EXPECT_EQ(counts.elements[3].str, "done");
-  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 1000);
-  // One stream entry per job, plus the final "sweep done" entry.
-  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 1001);
+  expect_one_record_per_job(*redis, sweep, 1000);
+  EXPECT_EQ(counter(*redis, sweep, "failed"), 0u);
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "status"}).str, "done");
   // Finished sweeps expire (7 days by default).
   const auto ttl = redis->command({"TTL", "simq:sweep:" + sweep}).integer;
   EXPECT_GT(ttl, 6 * 24 * 3600);
@@ -105,15 +118,10 @@ kernel = "sleep"
 seconds = [0.02, 0.03]
 i = { range = [0, 150] }
 )");
-  const auto submitted = cluster.simq({"submit", file});
-  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
-  const auto sweep = trim(submitted.out);
+  const auto sweep = submit(cluster, file);
   auto redis = cluster.redis().connect();
-  const auto succeeded = [&] {
-    const auto reply = redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"});
-    return reply.is_nil() ? 0 : std::stoi(reply.str);
-  };
-  ASSERT_TRUE(wait_until([&] { return succeeded() >= 40; }, 30s)) << cluster.logs();
+  ASSERT_TRUE(wait_until([&] { return counter(*redis, sweep, "succeeded") >= 40; }, 30s))
+      << cluster.logs();
   // Worker 0 is running jobs right now: its running marks say so.
   const auto running = redis->command({"HVALS", "simq:sweep:" + sweep + ":running"});
   const auto victim = std::to_string(cluster.worker(0).pid());
@@ -128,9 +136,7 @@ i = { range = [0, 150] }
 
   const auto waited = cluster.simq({"wait", sweep});
   ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();
-  EXPECT_EQ(succeeded(), 300);
-  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 300);
-  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 301);
+  expect_one_record_per_job(*redis, sweep, 300);
   const auto rows = jsonl(cluster.simq({"results", sweep, "--format", "jsonl"}).out);
   ASSERT_EQ(rows.size(), 300u);
   int retried = 0;
@@ -151,23 +157,16 @@ kernel = "sleep"
 seconds = [0.01]
 i = { range = [0, 400] }
 )");
-  const auto submitted = cluster.simq({"submit", file});
-  ASSERT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
-  const auto sweep = trim(submitted.out);
+  const auto sweep = submit(cluster, file);
   auto redis = cluster.redis().connect();
-  const auto succeeded = [&] {
-    return std::stoi(redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"}).str);
-  };
-  ASSERT_TRUE(wait_until([&] { return succeeded() >= 50; }, 30s)) << cluster.logs();
+  ASSERT_TRUE(wait_until([&] { return counter(*redis, sweep, "succeeded") >= 50; }, 30s))
+      << cluster.logs();
   cluster.restart_broker(SIGKILL);  // its queue and in-flight table are gone with it
 
   // The new broker queues what Redis says is unfinished; the workers find it by themselves.
   const auto waited = cluster.simq({"wait", sweep, "--timeout", "60"});
   ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();
-  EXPECT_EQ(succeeded(), 400);
-  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 400);
-  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":running"}).integer, 0);
-  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 401);
+  expect_one_record_per_job(*redis, sweep, 400);
   EXPECT_EQ(cluster.worker(0).poll(), std::nullopt);
   EXPECT_EQ(cluster.worker(1).poll(), std::nullopt);
   EXPECT_THAT(cluster.logs(), HasSubstr("recovered sweep " + sweep));
@@ -181,9 +180,7 @@ TEST(Sweep, LongJobsKeepTheirLeaseAndNeverExceedCredit) {
   const auto file = write_file(dir, "long.toml",
                                "kernel = \"sleep\"\n[grid]\nseconds = [1.2]\n"
                                "i = { range = [0, 4] }\n");
-  const auto submitted = cluster.simq({"submit", file});
-  ASSERT_EQ(submitted.status, 0) << submitted.err;
-  const auto sweep = trim(submitted.out);
+  const auto sweep = submit(cluster, file);
   auto redis = cluster.redis().connect();
   long long most_running = 0;
   ASSERT_TRUE(wait_until(
