@@ -45,6 +45,8 @@ Broker::Broker(zmq::context_t& context, BrokerOptions options)
       frontend_(context, zmq::socket_type::router),
       backend_(context, zmq::socket_type::router),
       store_(options_.redis),
+      status_store_(options_.redis,
+                    std::chrono::milliseconds(std::clamp(options_.heartbeat_ms / 2, 100, 500))),
       liveness_(options_.heartbeat_ms, options_.liveness) {
   frontend_endpoint_ = bind_router(frontend_, options_.frontend, "--frontend");
   backend_endpoint_ = bind_router(backend_, options_.backend, "--backend");
@@ -291,8 +293,8 @@ void Broker::publish_status() {
                        {"workers_lost", counters_.workers_lost}, {"requeued", counters_.requeued},
                        {"submitted", counters_.submitted},       {"updated_at", unix_time()}};
   try {
-    store_.put_broker_status(status,
-                             std::chrono::milliseconds(options_.heartbeat_ms * options_.liveness));
+    status_store_.put_broker_status(
+        status, std::chrono::milliseconds(options_.heartbeat_ms * options_.liveness));
     if (status_unpublished_) spdlog::info("Redis at {} is reachable again", options_.redis.url());
     status_unpublished_ = false;
   } catch (const Error& e) {
@@ -364,8 +366,9 @@ void Broker::run() {
     }
     if (now >= next_status) {
       publish_status();
-      // Often enough that `simq status` right after a sweep shows the queue as it is.
-      next_status = now + std::min(options_.heartbeat_ms, 250);
+      // Often enough that `simq status` right after a sweep shows the queue as it is; while
+      // Redis does not answer, rarely, so the loop keeps its heartbeats.
+      next_status = now + (status_unpublished_ ? 2000 : std::min(options_.heartbeat_ms, 250));
     }
   }
   spdlog::info("stopping: {} jobs queued and {} in flight stay recorded in Redis",

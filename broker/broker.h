@@ -75,6 +75,9 @@ class Broker {
   std::string frontend_endpoint_;
   std::string backend_endpoint_;
   Store store_;
+  // The status snapshot has its own connection with a short timeout, so a hung Redis
+  // delays the loop (and its heartbeats) by at most that much, and then only every 2 s.
+  Store status_store_;
   Dispatcher dispatcher_;
   Liveness liveness_;
   std::unordered_map<WorkerId, WorkerInfo> workers_;

@@ -49,7 +49,10 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::stri
   // A pipe closed on exec tells the parent whether exec worked.
   int status_pipe[2];
   if (::pipe2(status_pipe, O_CLOEXEC) != 0) {
-    throw Error(fmt::format("pipe: {}", std::strerror(errno)));
+    const int error = errno;
+    if (output >= 0) ::close(output);
+    if (error_output >= 0) ::close(error_output);
+    throw Error(fmt::format("cannot start {}: pipe: {}", program_, std::strerror(error)));
   }
   const pid_t parent = ::getpid();
   pid_ = ::fork();

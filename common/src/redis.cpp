@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <utility>
 
 #include "simq/errors.h"
@@ -164,7 +166,10 @@ void Redis::set_timeout(std::chrono::milliseconds timeout) {
 }
 
 void Redis::lost(std::string_view during) {
-  const std::string why = context_ ? context_->errstr : "not connected";
+  std::string why = context_ ? context_->errstr : "not connected";
+  if (why == std::strerror(EAGAIN) || why == std::strerror(EWOULDBLOCK)) {
+    why = fmt::format("no answer within {} ms", timeout_.count());
+  }
   context_.reset();  // the next command reconnects
   throw ConnectError(
       fmt::format("lost connection to Redis at {} during {}: {}", address_.url(), during, why));

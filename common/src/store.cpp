@@ -140,7 +140,8 @@ std::string new_sweep_id() {
   return id;
 }
 
-Store::Store(RedisAddress address) : redis_(std::move(address)) {}
+Store::Store(RedisAddress address, std::chrono::milliseconds timeout)
+    : redis_(std::move(address), timeout) {}
 
 std::string Store::load_script(const char* source) {
   return redis_.command({"SCRIPT", "LOAD", source}).str;
@@ -299,16 +300,17 @@ void Store::scan_hash(
 
 std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std::string& after,
                                             std::chrono::milliseconds block, size_t count) {
-  redis_.set_timeout(block + std::chrono::milliseconds(5000));
+  const auto timeout = redis_.timeout();
+  redis_.set_timeout(block + timeout);
   RedisReply reply;
   try {
     reply = redis_.command({"XREAD", "COUNT", std::to_string(count), "BLOCK",
                             std::to_string(block.count()), "STREAMS", events_key(sweep), after});
   } catch (...) {
-    redis_.set_timeout(std::chrono::milliseconds(5000));
+    redis_.set_timeout(timeout);
     throw;
   }
-  redis_.set_timeout(std::chrono::milliseconds(5000));
+  redis_.set_timeout(timeout);
   std::vector<StreamEvent> events;
   if (reply.type != RedisReply::Type::kArray || reply.elements.empty()) return events;
   const auto& entries = reply.elements[0].elements.at(1).elements;

@@ -8,6 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <fstream>
+#include <thread>
 #include <zmq.hpp>
 
 #include "simq/protocol.h"
@@ -41,6 +44,47 @@ TEST(Outage, BrokerRefusesSubmissionsItCannotRecord) {
   EXPECT_EQ(error.req, 11u);
   EXPECT_THAT(error.message, HasSubstr(cluster.redis().url()));
   EXPECT_EQ(cluster.broker().poll(), std::nullopt) << "the broker must keep running";
+}
+
+TEST(Outage, FrozenRedisLosesNothingAndNoWorkerIsDeclaredDead) {
+  // Heartbeats 200 ms x 3: a broker that blocked on the frozen Redis for its 5 s reply timeout
+  // would stop heartbeating and its workers would leave and come back.
+  TestCluster cluster;
+  TempDir dir;
+  std::ofstream(dir.file("s.toml")) << "kernel = \"sleep\"\n[grid]\nseconds = [0.02]\n"
+                                       "i = { range = [0, 200] }\n";
+  const auto submitted = cluster.simq({"submit", dir.file("s.toml")});
+  ASSERT_EQ(submitted.status, 0) << submitted.err;
+  std::string sweep = submitted.out.substr(0, submitted.out.find('\n'));
+  auto redis = cluster.redis().connect();
+  const auto succeeded = [&] {
+    return std::stoi(redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"}).str);
+  };
+  ASSERT_TRUE(wait_until([&] { return succeeded() >= 20; }, 30s)) << cluster.logs();
+
+  const auto pids =
+      processes_matching(fmt::format("redis-server 127.0.0.1:{}", cluster.redis().port()));
+  ASSERT_EQ(pids.size(), 1u);
+  ::kill(pids[0], SIGSTOP);
+  std::this_thread::sleep_for(3s);  // the outage itself, not a synchronisation
+  ::kill(pids[0], SIGCONT);
+
+  const auto waited = cluster.simq({"wait", sweep, "--timeout", "60"});
+  ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();
+  EXPECT_EQ(succeeded(), 200);
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 200);
+  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, 201);
+  // The broker's snapshot comes back within its 2 s retry interval.
+  Json status;
+  ASSERT_TRUE(wait_until(
+      [&] {
+        const auto reply = redis->command({"GET", "simq:broker"});
+        if (!reply.is_nil()) status = Json::parse(reply.str);
+        return !reply.is_nil();
+      },
+      10s));
+  EXPECT_EQ(status["workers_lost"], 0) << cluster.logs();
+  EXPECT_EQ(status["workers"].size(), 2u);
 }
 
 // A TCP listener that never accepts: connections complete (the kernel's backlog) but no

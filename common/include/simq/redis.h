@@ -60,6 +60,7 @@ class Redis {
 
   // Sets the reply timeout for the commands that follow (XREAD BLOCK needs a longer one).
   void set_timeout(std::chrono::milliseconds timeout);
+  std::chrono::milliseconds timeout() const { return timeout_; }
 
   const RedisAddress& address() const { return address_; }
 

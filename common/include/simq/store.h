@@ -72,7 +72,9 @@ struct StreamEvent {
 
 class Store {
  public:
-  explicit Store(RedisAddress address);
+  // Connects; `timeout` bounds the connection and every reply. Throws ConnectError.
+  explicit Store(RedisAddress address,
+                 std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
 
   // Records a sweep (record, index, active set) atomically. Returns false if the id exists:
   // then nothing is written (resubmission is idempotent).
