@@ -34,6 +34,8 @@ constexpr milliseconds kWatchInterval{200};  // the watcher's checks of the chil
 constexpr milliseconds kBrokerProbeTimeout{250};
 constexpr milliseconds kExternalRedisTimeout{2000};
 constexpr milliseconds kKillTimeout{10000};  // reaping after SIGKILL
+// Broker starts: another process may take a port between its probe and the broker's bind.
+constexpr int kBrokerAttempts = 3;
 
 double seconds(milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; }
 
@@ -151,23 +153,32 @@ void LocalCluster::start_redis(const std::string& program) {
 }
 
 void LocalCluster::start_broker(const std::string& program) {
-  const auto [frontend_port, backend_port] = two_free_ports();
-  frontend_ = fmt::format("tcp://127.0.0.1:{}", frontend_port);
-  backend_ = fmt::format("tcp://127.0.0.1:{}", backend_port);
-  broker_ = Child{"simq-broker", std::make_unique<ChildProcess>(std::vector<std::string>{
-                                     program, "--frontend", frontend_, "--backend", backend_,
-                                     "--redis", redis_url_, "--log-level", options_.log_level})};
+  std::string failure;
+  for (int attempt = 1; attempt <= kBrokerAttempts; ++attempt) {
+    check_interrupted("simq-broker");
+    const auto [frontend_port, backend_port] = two_free_ports();
+    frontend_ = fmt::format("tcp://127.0.0.1:{}", frontend_port);
+    backend_ = fmt::format("tcp://127.0.0.1:{}", backend_port);
+    broker_ = Child{"simq-broker", std::make_unique<ChildProcess>(std::vector<std::string>{
+                                       program, "--frontend", frontend_, "--backend", backend_,
+                                       "--redis", redis_url_, "--log-level", options_.log_level})};
+    if (wait_for_broker()) return;
+    failure = describe(broker_.name, *broker_.process, *broker_.process->poll());
+    spdlog::info("{} at start (attempt {} of {})", failure, attempt, kBrokerAttempts);
+    broker_.process.reset();  // reaped
+  }
+  throw ConnectError(failure + " at start (its messages are above)");
+}
+
+bool LocalCluster::wait_for_broker() {
   BrokerClient client(frontend_);
   const auto deadline = Clock::now() + options_.start_timeout;
   for (;;) {
-    if (const auto status = broker_.process->poll()) {
-      throw ConnectError(describe(broker_.name, *broker_.process, *status) +
-                         " at start (its messages are above)");
-    }
+    if (broker_.process->poll()) return false;
     try {
       client.ping(kBrokerProbeTimeout);
       spdlog::info("simq-broker (pid {}) is up at {}", broker_.process->pid(), frontend_);
-      return;
+      return true;
     } catch (const ConnectError&) {  // not answering yet
     }
     if (Clock::now() >= deadline) {
@@ -271,7 +282,7 @@ void LocalCluster::stop_group(const std::vector<const Child*>& group, millisecon
   }
   const auto deadline = Clock::now() + timeout;
   for (const auto* child : group) {
-    auto& process = child->process;
+    const auto& process = child->process;
     if (!process) continue;
     while (!process->poll() && Clock::now() < deadline && stop_signals() < 2) {
       std::this_thread::sleep_for(kReapInterval);

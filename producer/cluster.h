@@ -70,7 +70,10 @@ class LocalCluster {
   };
 
   void start_redis(const std::string& program);
+  // Starts the broker on two free ports; on new ones if it exits at start (a port was taken).
   void start_broker(const std::string& program);
+  // Until the broker answers PING (true) or exits (false); throws ConnectError at the timeout.
+  bool wait_for_broker();
   void start_workers(const std::string& program);
   void watch(const std::stop_token& token);
   // SIGTERM to every child of a group at once, then waits for each until one shared deadline

@@ -1,7 +1,8 @@
 // The worker's three kinds of threads: the IO thread (broker socket, heartbeats, reconnects),
 // slot threads (kernels) and the writer (batched Redis writes, then DONE over inproc PAIR).
-// Thread-safety: each thread owns its sockets and Store; they share only the two queues,
-// the spec cache (under specs_mutex_) and atomic counters.
+// Thread-safety: each thread owns its sockets and Store (the slots share one, under
+// spec_store_mutex_); they share only the two queues, the spec cache (under specs_mutex_) and
+// atomic counters.
 #include "worker.h"
 
 #include <fmt/format.h>
@@ -191,6 +192,7 @@ void Worker::MissingSweeps::warn_once(const std::string& sweep) {
 void Worker::WriteQueue::push_marks(std::vector<JobWrite> marks) {
   {
     const std::lock_guard lock(mutex_);
+    if (marks_dropped_) return;
     if (marks_.empty()) {
       marks_ = std::move(marks);
     } else {
@@ -206,6 +208,12 @@ void Worker::WriteQueue::push_finished(JobWrite finished) {
     finished_.push_back(std::move(finished));
   }
   ready_.notify_one();
+}
+
+void Worker::WriteQueue::drop_marks() {
+  const std::lock_guard lock(mutex_);
+  marks_dropped_ = true;
+  marks_.clear();
 }
 
 void Worker::WriteQueue::close() {
@@ -238,7 +246,11 @@ void Worker::WriteQueue::take_now(std::vector<JobWrite>& marks, std::vector<JobW
     }
     from.clear();
   };
-  move_all(marks_, marks);
+  if (marks_dropped_) {
+    marks.clear();  // those the writer holds, perhaps from an attempt that failed
+  } else {
+    move_all(marks_, marks);
+  }
   move_all(finished_, finished);
   closed = closed_;
 }
@@ -258,6 +270,10 @@ Worker::Worker(WorkerOptions options, KernelRegistry kernels)
   }
   if (options_.liveness <= 0) {
     throw ConfigError(fmt::format("--liveness: expected more than 0, got {}", options_.liveness));
+  }
+  if (options_.stop_grace_ms < 0) {
+    throw ConfigError(
+        fmt::format("--stop-grace-ms: expected 0 or more, got {}", options_.stop_grace_ms));
   }
   if (options_.name.empty()) options_.name = process_name();
   kernel_list_ = fmt::format("{}", fmt::join(kernels_.names(), ", "));
@@ -467,10 +483,12 @@ void Worker::on_dispatch(std::string_view body, bool stopping) {
 void Worker::begin_stop() {
   for (auto& slot : slots_) slot.request_stop();  // first, so no slot takes another job
   const size_t dropped = jobs_.clear();
+  writes_.drop_marks();  // the jobs they announce are cancelled or left to the broker
   spdlog::info(
       "stopping: {} queued jobs left to the broker; waiting for running jobs to finish or "
-      "cancel (a second signal skips the wait)",
-      dropped);
+      "cancel, and up to {} ms in all for results to reach Redis (a second signal skips the "
+      "wait)",
+      dropped, options_.stop_grace_ms);
 }
 
 int Worker::run() {
@@ -497,12 +515,15 @@ int Worker::run() {
                kernel_list_);
 
   bool stopping = false;
+  Clock::time_point give_up_at;  // once stopping: when unwritten results are abandoned
   bool writes_closed = false;
   bool flushed = false;  // the writer wrote everything and its DONEs were forwarded
   bool forced = false;
+  bool gave_up = false;  // the stop grace ran out before the writer flushed
   while (!flushed) {
     if (!stopping && stop_requested()) {
       stopping = true;
+      give_up_at = Clock::now() + milliseconds(options_.stop_grace_ms);
       begin_stop();
     }
     if (stopping && stop_signals() >= 2) {
@@ -513,6 +534,14 @@ int Worker::run() {
     if (stopping && !writes_closed && slots_running_.load() == 0) {
       writes_closed = true;
       writes_.close();
+    }
+    // Slots end soon after a stop (kernels see their stop token); the writer may wait on
+    // Redis for ever. Its unwritten results are not ours to keep: BYE hands them back.
+    if (writes_closed && Clock::now() >= give_up_at) {
+      gave_up = true;
+      writer_.request_stop();
+      receive_done(done_in, connection, flushed);  // DONEs it forwarded meanwhile
+      break;
     }
 
     auto now = Clock::now();
@@ -575,8 +604,14 @@ int Worker::run() {
   }
   connection.socket.reset();
   if (!forced) {
-    writer_.join();
+    writer_.join();  // after a give-up, once its Redis call in progress times out
     for (auto& slot : slots_) slot.join();
+  }
+  if (gave_up && abandoned_ > 0) {
+    spdlog::warn(
+        "{} finished jobs were not written to Redis at {} within the stop grace of {} ms: their "
+        "results are abandoned and the broker will run them again",
+        abandoned_, options_.redis.url(), options_.stop_grace_ms);
   }
   spdlog::info("stopped: {} jobs succeeded, {} failed, {} cancelled; {} malformed messages",
                stats_.succeeded.load(), stats_.failed.load(), stats_.cancelled.load(),
@@ -616,35 +651,17 @@ void Worker::slot_loop(const std::stop_token& stop) {
 }
 
 Worker::SpecLookup Worker::lookup_sweep(const std::string& sweep, const std::stop_token& stop) {
+  if (auto spec = cached_spec(sweep)) return SpecLookup::found(std::move(spec));
   milliseconds delay(options_.redis_retry_min_ms);
   for (;;) {
     {
-      const std::lock_guard lock(specs_mutex_);
-      if (const auto it = specs_.find(sweep); it != specs_.end())
-        return SpecLookup::found(it->second);
+      // One fetch at a time: slots after the same sweep wait for it rather than fetch it again,
+      // and slots whose spec is cached do not wait at all.
+      const std::lock_guard lock(spec_store_mutex_);
+      if (auto spec = cached_spec(sweep)) return SpecLookup::found(std::move(spec));
+      if (stop.stop_requested()) return SpecLookup{};  // the wait for the lock may have been long
       try {
-        const auto info = spec_store_.sweep(sweep);
-        if (!info) return SpecLookup::not_found();
-        std::shared_ptr<const SweepSpec> spec;
-        try {
-          const std::string origin = "sweep " + sweep;
-          const Json parsed = Json::parse(info->spec, nullptr, false);
-          if (parsed.is_discarded()) {
-            return SpecLookup::unreadable(origin + ": the spec in Redis is not JSON", info->kernel);
-          }
-          spec = std::make_shared<const SweepSpec>(SweepSpec::from_json(parsed, origin));
-        } catch (const std::exception& e) {
-          return SpecLookup::unreadable(e.what(), info->kernel);
-        }
-        if (options_.max_cached_sweeps > 0) {
-          if (specs_.size() >= options_.max_cached_sweeps) {
-            specs_.erase(spec_order_.front());
-            spec_order_.pop_front();
-          }
-          specs_.emplace(sweep, spec);
-          spec_order_.push_back(sweep);
-        }
-        return SpecLookup::found(std::move(spec));
+        return fetch_sweep(sweep);
       } catch (const ConnectError& e) {  // Redis is unreachable: it may come back
         spdlog::warn("cannot read sweep {} from Redis at {}: {}; retrying in {} ms", sweep,
                      options_.redis.url(), e.what(), delay.count());
@@ -656,6 +673,38 @@ Worker::SpecLookup Worker::lookup_sweep(const std::string& sweep, const std::sto
     if (!sleep_unless_stopped(delay, stop)) return SpecLookup{};
     delay = doubled(delay, options_.redis_retry_max_ms);
   }
+}
+
+std::shared_ptr<const SweepSpec> Worker::cached_spec(const std::string& sweep) {
+  const std::lock_guard lock(specs_mutex_);
+  const auto it = specs_.find(sweep);
+  return it != specs_.end() ? it->second : nullptr;
+}
+
+Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
+  const auto info = spec_store_.sweep(sweep);
+  if (!info) return SpecLookup::not_found();
+  std::shared_ptr<const SweepSpec> spec;
+  try {
+    const std::string origin = "sweep " + sweep;
+    const Json parsed = Json::parse(info->spec, nullptr, false);
+    if (parsed.is_discarded()) {
+      return SpecLookup::unreadable(origin + ": the spec in Redis is not JSON", info->kernel);
+    }
+    spec = std::make_shared<const SweepSpec>(SweepSpec::from_json(parsed, origin));
+  } catch (const std::exception& e) {
+    return SpecLookup::unreadable(e.what(), info->kernel);
+  }
+  if (options_.max_cached_sweeps > 0) {
+    const std::lock_guard lock(specs_mutex_);
+    if (specs_.size() >= options_.max_cached_sweeps) {
+      specs_.erase(spec_order_.front());
+      spec_order_.pop_front();
+    }
+    specs_.emplace(sweep, spec);
+    spec_order_.push_back(sweep);
+  }
+  return SpecLookup::found(std::move(spec));
 }
 
 std::string Worker::job_record(const JobRef& job, const std::string& kernel, const Json& params,
@@ -805,14 +854,15 @@ void Worker::writer_loop(const std::stop_token& stop) {
   std::vector<JobWrite> finished;
   bool closed = false;
   milliseconds delay(options_.redis_retry_min_ms);
-  int refusals = 0;  // batches in a row that Redis answered with an error
+  int refusals = 0;    // batches in a row that Redis answered with an error
+  bool retry = false;  // the last attempt failed: this batch may be in Redis in part
   while (!stop.stop_requested()) {
     if (marks.empty() && finished.empty()) {
       if (closed) {
         forward(0, {});  // everything is written and reported
         return;
       }
-      if (!writes_.take(stop, marks, finished, closed)) return;
+      if (!writes_.take(stop, marks, finished, closed)) break;
     } else {
       writes_.take_now(marks, finished, closed);  // a retry also writes what came meanwhile
     }
@@ -820,7 +870,7 @@ void Worker::writer_loop(const std::stop_token& stop) {
 
     bool written = false;
     try {
-      write_batch(marks, finished, refusals >= kMaxRefusals);
+      write_batch(marks, finished, retry, refusals >= kMaxRefusals);
       written = true;
     } catch (const StoreError& e) {  // keep the batch and retry; then each sweep on its own
       ++refusals;
@@ -831,10 +881,12 @@ void Worker::writer_loop(const std::stop_token& stop) {
                    finished.size() + marks.size(), options_.redis.url(), e.what(), delay.count());
     }
     if (!written) {
-      if (!sleep_unless_stopped(delay, stop)) return;
+      retry = true;
+      if (!sleep_unless_stopped(delay, stop)) break;
       delay = doubled(delay, options_.redis_retry_max_ms);
       continue;
     }
+    retry = false;
     refusals = 0;
     if (delay != milliseconds(options_.redis_retry_min_ms)) {
       spdlog::info("writing to Redis at {} again", options_.redis.url());
@@ -849,9 +901,12 @@ void Worker::writer_loop(const std::stop_token& stop) {
       finished.clear();
     }
   }
+  // Stopped before everything was written: the stop grace ran out, or the Worker is going.
+  writes_.take_now(marks, finished, closed);
+  abandoned_ = finished.size();
 }
 
-void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished,
+void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool retry,
                          bool apart) {
   // Marks first: a job's running mark and its terminal record may be in one batch, and the
   // record must win (finish deletes the mark).
@@ -876,12 +931,12 @@ void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& fi
     const bool all_recorded = std::all_of(finished.begin(), finished.end(),
                                           [](const JobWrite& w) { return !w.record.empty(); });
     if (all_recorded) {
-      finish(finished, /*retried=*/false);
+      finish(finished, retry);
     } else {
       std::vector<JobWrite> records;
       std::copy_if(finished.begin(), finished.end(), std::back_inserter(records),
                    [](const JobWrite& w) { return !w.record.empty(); });
-      finish(records, /*retried=*/false);
+      finish(records, retry);
     }
     return;
   }
@@ -890,7 +945,7 @@ void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& fi
   // record: held back, they would stay in flight forever and hold back every other sweep.
   for_each_sweep(finished, [&](const std::string& sweep, const std::vector<JobWrite>& group) {
     try {
-      finish(group, /*retried=*/true);
+      finish(group, /*retry=*/true);  // apart: only after refused attempts
     } catch (const StoreError& e) {
       spdlog::error("Redis refuses the results of sweep {}: {}; {} jobs reported without a record",
                     sweep, e.what(), group.size());
@@ -901,14 +956,17 @@ void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& fi
   });
 }
 
-void Worker::finish(const std::vector<JobWrite>& records, bool retried) {
+void Worker::finish(const std::vector<JobWrite>& records, bool retry) {
   const FinishCounts counts = writer_store_.finish(records);
-  if (counts.duplicates > 0) {
-    // After a refused batch, most "duplicates" are this batch's own records, stored by the
-    // scripts Redis did run.
-    spdlog::log(retried ? spdlog::level::debug : spdlog::level::info,
-                "{} results discarded: another attempt of those jobs was recorded first",
-                counts.duplicates);
+  if (counts.duplicates > 0 && retry) {
+    // Most likely this batch's own records, stored by an earlier attempt whose reply was lost
+    // (a timeout) or by the scripts Redis ran before it refused the batch: nothing to report.
+    spdlog::debug(
+        "{} results were recorded already, most likely by an earlier attempt of this batch",
+        counts.duplicates);
+  } else if (counts.duplicates > 0) {
+    spdlog::info("{} results discarded: another attempt of those jobs was recorded first",
+                 counts.duplicates);
   }
   if (counts.orphans > 0) warn_missing_sweeps(records);
 }

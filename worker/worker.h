@@ -44,6 +44,9 @@ struct WorkerOptions {
   int redis_retry_max_ms = 2000;  // longest wait between Redis retries, in ms
   size_t max_result_bytes = size_t{16} << 20;  // a larger job record fails the job; 0 = no limit
   size_t max_cached_sweeps = 256;  // sweep specs kept in memory; 0 = fetch for every job
+  int stop_grace_ms = 10000;  // how long a stop waits for finished results to reach Redis, in ms
+                              // from the stop request; the rest are then abandoned (the broker
+                              // runs those jobs again); 0 = do not wait; >= 0
 };
 
 // Counters for logs and tests. Each is read and written atomically.
@@ -66,8 +69,10 @@ class Worker {
 
   // Serves the broker until stop_requested() (simq/signals.h): then stops taking jobs, stops
   // running kernels (their jobs are not recorded: the broker requeues them), writes the
-  // finished ones to Redis, reports them DONE, sends BYE and returns 0. A second stop signal
-  // returns without waiting for the writes. Throws ConfigError for a bad broker endpoint.
+  // finished ones to Redis, reports them DONE, sends BYE and returns 0. Results still unwritten
+  // options.stop_grace_ms after the stop request (Redis is down) are abandoned: the broker runs
+  // those jobs again. A second stop signal returns without waiting for running jobs or writes.
+  // Throws ConfigError for a bad broker endpoint.
   int run();
 
   const WorkerStats& stats() const { return stats_; }
@@ -115,6 +120,9 @@ class Worker {
    public:
     void push_marks(std::vector<JobWrite> marks);
     void push_finished(JobWrite finished);
+    // Stopping: running marks are useless once their jobs are cancelled or dropped, so the
+    // queued ones go, later ones are ignored, and take*() empty the writer's `marks` too.
+    void drop_marks();
     void close();  // no more items: the writer flushes what it has and says so
     // Waits until something is queued or the queue is closed; moves everything queued to the
     // end of `marks` and `finished`. Returns false if `stop` was requested.
@@ -128,6 +136,7 @@ class Worker {
     std::condition_variable_any ready_;
     std::vector<JobWrite> marks_;
     std::vector<JobWrite> finished_;
+    bool marks_dropped_ = false;
     bool closed_ = false;
   };
 
@@ -149,6 +158,10 @@ class Worker {
   std::optional<JobWrite> run_job(const JobRef& job, const std::stop_token& stop);
   JobWrite failed_job(const JobRef& job, const std::string& kernel, const std::string& error);
   SpecLookup lookup_sweep(const std::string& sweep, const std::stop_token& stop);
+  std::shared_ptr<const SweepSpec> cached_spec(const std::string& sweep);
+  // Reads a sweep from Redis and caches its spec; throws as Store::sweep() does. Called under
+  // spec_store_mutex_.
+  SpecLookup fetch_sweep(const std::string& sweep);
   std::string job_record(const JobRef& job, const std::string& kernel, const Json& params,
                          const Json& result, const std::string* error, double started_at,
                          double finished_at, double elapsed_s) const;
@@ -156,10 +169,13 @@ class Worker {
   // Writer thread.
   void writer_loop(const std::stop_token& stop);
   // Writes running marks, then terminal records (those that have one). Throws ConnectError, or
-  // StoreError if Redis refuses; `apart`: each sweep on its own, and a sweep Redis refuses
-  // has its jobs' records cleared so that they are reported without one.
-  void write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool apart);
-  void finish(const std::vector<JobWrite>& records, bool retried);  // logs what was discarded
+  // StoreError if Redis refuses; `retry`: an earlier attempt at this batch failed; `apart`:
+  // each sweep on its own, and a sweep Redis refuses has its jobs' records cleared so that
+  // they are reported without one.
+  void write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool retry,
+                   bool apart);
+  // Stores terminal records and logs what was discarded; `retry` as for write_batch().
+  void finish(const std::vector<JobWrite>& records, bool retry);
   void warn_missing_sweeps(const std::vector<JobWrite>& written);
 
   WorkerOptions options_;
@@ -173,13 +189,16 @@ class Worker {
   MissingSweeps missing_sweeps_;
   std::atomic<unsigned> slots_running_{0};
 
-  // Sweep specs by id. The Store fetches specs for the slots; both under specs_mutex_.
+  // Sweep specs by id, under specs_mutex_ (never held across a Redis call). The Store fetches
+  // specs for the slots, one at a time under spec_store_mutex_ (taken before specs_mutex_).
   std::mutex specs_mutex_;
-  Store spec_store_;
   std::unordered_map<std::string, std::shared_ptr<const SweepSpec>> specs_;
   std::deque<std::string> spec_order_;  // insertion order, for eviction
+  std::mutex spec_store_mutex_;
+  Store spec_store_;
 
-  Store writer_store_;  // used by the writer thread only
+  Store writer_store_;    // used by the writer thread only
+  size_t abandoned_ = 0;  // finished jobs the writer stopped before reporting; read after join
 
   bool started_ = false;
   // Declared last: destroyed (stopped and joined) before everything above they use.

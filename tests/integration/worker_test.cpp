@@ -2,12 +2,14 @@
 // its liveness, then SIGCONT) it comes back with those slots announced busy, reports the old
 // jobs on its new connection, and the sweep ends with exactly one record per job; facing a
 // scripted broker that answers ERROR unknown_worker, it reconnects once, under a new routing id.
-// And a corrupt sweep record fails its jobs instead of leaving them in flight forever.
+// A corrupt sweep record fails its jobs instead of leaving them in flight forever. And a stop
+// while Redis hangs gives up on the unwritten results after the stop grace and says BYE.
 #include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <fstream>
 #include <map>
@@ -328,6 +330,68 @@ TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
   EXPECT_THAT(log(), HasSubstr("Redis refuses the results of sweep " + wrong_type));
   EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + good, "status"}).str, "done");
   EXPECT_EQ(worker.poll(), std::nullopt) << "the worker must keep serving";
+}
+
+TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
+  constexpr auto kStopGrace = 10s;  // WorkerOptions::stop_grace_ms by default
+  TestCluster cluster({.workers = 0});
+  TempDir dir;
+  std::ofstream(dir.file("three.toml")) << "kernel = \"noop\"\n[grid]\nx = [1, 2, 3]\n";
+  std::ofstream(dir.file("one.toml")) << "kernel = \"noop\"\n[grid]\nx = [1]\n";
+  const auto cached = cluster.simq({"submit", dir.file("three.toml")});
+  const auto uncached = cluster.simq({"submit", dir.file("one.toml")});
+  ASSERT_EQ(cached.status, 0) << cached.err << cluster.logs();
+  ASSERT_EQ(uncached.status, 0) << uncached.err << cluster.logs();
+  const std::string cached_sweep = trim(cached.out);
+  const std::string uncached_sweep = trim(uncached.out);
+
+  zmq::context_t context;
+  ScriptedBroker broker(context);
+  ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
+                       cluster.redis().url(), "--slots", "3"},
+                      dir.file("worker.log"));
+  const auto log = [&] { return read_file(dir.file("worker.log")); };
+  const auto hello = broker.next(5s);
+  ASSERT_TRUE(hello && hello->command == "HELLO") << log();
+  broker.send(hello->worker, "WELCOME", encode(WelcomeMsg{1000, 100}));  // silence never counts
+
+  // One job written and reported while Redis answers: its sweep's spec is now cached.
+  broker.send(hello->worker, "DISPATCH", encode(DispatchMsg{{{cached_sweep, 0, 1}}}));
+  auto message = broker.next(5s);
+  ASSERT_TRUE(message && message->command == "DONE") << log();
+
+  // Redis hangs: connections open, no replies. Resumed before the cluster stops it.
+  const pid_t redis_pid = cluster.redis().process()->pid();
+  ASSERT_EQ(::kill(redis_pid, SIGSTOP), 0);
+  struct Resume {
+    pid_t pid;
+    ~Resume() { ::kill(pid, SIGCONT); }
+  } resume{redis_pid};
+
+  // Two jobs finish but cannot be written; the third waits for its sweep's spec.
+  broker.send(
+      hello->worker, "DISPATCH",
+      encode(DispatchMsg{{{uncached_sweep, 0, 1}, {cached_sweep, 1, 1}, {cached_sweep, 2, 1}}}));
+  ASSERT_TRUE(wait_until(
+      [&] {
+        const std::string text = log();
+        return text.find("cannot write") != std::string::npos &&
+               text.find("cannot read sweep " + uncached_sweep) != std::string::npos;
+      },
+      15s))
+      << log();
+
+  worker.signal(SIGTERM);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  message = broker.next(kStopGrace + 3s);
+  ASSERT_TRUE(message) << "no BYE within the stop grace\n" << log();
+  EXPECT_EQ(message->command, "BYE") << "nothing was written, so nothing is reported\n" << log();
+  EXPECT_EQ(worker.wait(8s), 0) << log();
+  const auto took = std::chrono::steady_clock::now() - stopped_at;
+  EXPECT_LT(took, kStopGrace + 6s) << log();
+  EXPECT_THAT(log(), HasSubstr("2 finished jobs were not written to Redis"));
+  EXPECT_THAT(log(), HasSubstr("the broker will run them again"));
+  EXPECT_THAT(log(), HasSubstr("3 jobs succeeded, 0 failed, 1 cancelled"));
 }
 
 }  // namespace
