@@ -52,6 +52,7 @@ int run(int argc, char** argv) {
   unsigned slots = std::max(1u, std::thread::hardware_concurrency());
   int heartbeat_ms = simq::kDefaultHeartbeatMs;
   int liveness = simq::kDefaultLiveness;
+  int stop_grace_ms = simq::WorkerOptions{}.stop_grace_ms;
   bool list_kernels = false;
   app.add_option(
       "--broker", broker,
@@ -69,6 +70,10 @@ int run(int argc, char** argv) {
   app.add_option("--liveness", liveness,
                  "heartbeats the broker may miss before it is presumed dead, until it sets it")
       ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--stop-grace-ms", stop_grace_ms,
+                 "on SIGTERM, how long to keep trying to write finished results to Redis, in ms")
+      ->check(CLI::Range(0, 3'600'000))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
@@ -95,6 +100,7 @@ int run(int argc, char** argv) {
   options.name = name.empty() ? simq::process_name() : name;
   options.heartbeat_ms = heartbeat_ms;
   options.liveness = liveness;
+  options.stop_grace_ms = stop_grace_ms;
   check_redis(options.redis);
 
   simq::Worker worker(std::move(options), std::move(kernels));

@@ -300,7 +300,7 @@ TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
   zmq::context_t context;
   ScriptedBroker broker(context);
   ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
-                       cluster.redis().url(), "--slots", "3"},
+                       cluster.redis().url(), "--slots", "3", "--stop-grace-ms", "1000"},
                       dir.file("worker.log"));
   const auto log = [&] { return read_file(dir.file("worker.log")); };
   const auto hello = broker.next(5s);
@@ -333,7 +333,7 @@ TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
 }
 
 TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
-  constexpr auto kStopGrace = 10s;  // WorkerOptions::stop_grace_ms by default
+  constexpr auto kStopGrace = 1s;  // --stop-grace-ms below
   TestCluster cluster({.workers = 0});
   TempDir dir;
   std::ofstream(dir.file("three.toml")) << "kernel = \"noop\"\n[grid]\nx = [1, 2, 3]\n";
@@ -348,7 +348,7 @@ TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
   zmq::context_t context;
   ScriptedBroker broker(context);
   ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
-                       cluster.redis().url(), "--slots", "3"},
+                       cluster.redis().url(), "--slots", "3", "--stop-grace-ms", "1000"},
                       dir.file("worker.log"));
   const auto log = [&] { return read_file(dir.file("worker.log")); };
   const auto hello = broker.next(5s);
