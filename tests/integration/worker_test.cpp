@@ -279,6 +279,12 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
   EXPECT_THAT(log(), HasSubstr("reconnecting"));
 }
 
+// A 3-slot simq-worker facing a scripted broker, with a 1 s stop grace.
+std::vector<std::string> scripted_worker_command(ScriptedBroker& broker, TestCluster& cluster) {
+  return {bin("simq-worker"), "--broker", broker.endpoint(), "--redis", cluster.redis().url(),
+          "--slots",          "3",        "--stop-grace-ms", "1000"};
+}
+
 TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
   TestCluster cluster({.workers = 0});
   TempDir dir;
@@ -299,9 +305,7 @@ TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
 
   zmq::context_t context;
   ScriptedBroker broker(context);
-  ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
-                       cluster.redis().url(), "--slots", "3", "--stop-grace-ms", "1000"},
-                      dir.file("worker.log"));
+  ChildProcess worker(scripted_worker_command(broker, cluster), dir.file("worker.log"));
   const auto log = [&] { return read_file(dir.file("worker.log")); };
   const auto hello = broker.next(5s);
   ASSERT_TRUE(hello && hello->command == "HELLO") << log();
@@ -347,9 +351,7 @@ TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
 
   zmq::context_t context;
   ScriptedBroker broker(context);
-  ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
-                       cluster.redis().url(), "--slots", "3", "--stop-grace-ms", "1000"},
-                      dir.file("worker.log"));
+  ChildProcess worker(scripted_worker_command(broker, cluster), dir.file("worker.log"));
   const auto log = [&] { return read_file(dir.file("worker.log")); };
   const auto hello = broker.next(5s);
   ASSERT_TRUE(hello && hello->command == "HELLO") << log();
