@@ -261,6 +261,16 @@ TEST(Cli, HelpAndBadFlags) {
                                   "input error, 3 cannot reach a service, 130 interrupted"));
   EXPECT_EQ(run_command({bin("simq")}).status, 2);
   EXPECT_EQ(run_command({bin("simq"), "frobnicate"}).status, 2);
+  for (const auto* program : {"simq-broker", "simq-worker"}) {
+    const auto program_help = run_command({bin(program), "--help"});
+    EXPECT_EQ(program_help.status, 0) << program;
+    EXPECT_THAT(program_help.out, HasSubstr("--redis")) << program;
+  }
+  const auto kernels = run_command({bin("simq-worker"), "--list-kernels"});
+  EXPECT_EQ(kernels.status, 0);
+  for (const auto* kernel : {"noop", "sleep", "fib", "mc_pi"}) {
+    EXPECT_THAT(kernels.out, HasSubstr(kernel));
+  }
   EXPECT_EQ(run_command({bin("simq-worker"), "--slots", "0"}).status, 2);
   EXPECT_EQ(run_command({bin("simq-broker"), "--heartbeat-ms", "x"}).status, 2);
   const auto format = run_command({bin("simq"), "results", "abc", "--format", "xml"});
