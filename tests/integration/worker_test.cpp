@@ -279,11 +279,24 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
   EXPECT_THAT(log(), HasSubstr("reconnecting"));
 }
 
-// A 3-slot simq-worker facing a scripted broker, with a 1 s stop grace.
-std::vector<std::string> scripted_worker_command(ScriptedBroker& broker, TestCluster& cluster) {
-  return {bin("simq-worker"), "--broker", broker.endpoint(), "--redis", cluster.redis().url(),
-          "--slots",          "3",        "--stop-grace-ms", "1000"};
-}
+// A 3-slot simq-worker (1 s stop grace) facing a scripted broker; `hello` is its first message.
+struct ScriptedWorker {
+  ScriptedWorker(TestCluster& cluster, const TempDir& dir)
+      : broker(context),
+        log_file(dir.file("worker.log")),
+        process({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
+                 cluster.redis().url(), "--slots", "3", "--stop-grace-ms", "1000"},
+                log_file),
+        hello(broker.next(5s)) {}
+
+  std::string log() const { return read_file(log_file); }
+
+  zmq::context_t context;
+  ScriptedBroker broker;
+  std::string log_file;
+  ChildProcess process;
+  std::optional<ScriptedBroker::Message> hello;
+};
 
 TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
   TestCluster cluster({.workers = 0});
@@ -303,11 +316,9 @@ TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
   redis->command({"DEL", "simq:sweep:" + wrong_type});
   redis->command({"SET", "simq:sweep:" + wrong_type, "garbage"});
 
-  zmq::context_t context;
-  ScriptedBroker broker(context);
-  ChildProcess worker(scripted_worker_command(broker, cluster), dir.file("worker.log"));
-  const auto log = [&] { return read_file(dir.file("worker.log")); };
-  const auto hello = broker.next(5s);
+  ScriptedWorker scripted(cluster, dir);
+  auto& [context, broker, log_file, worker, hello] = scripted;
+  const auto log = [&] { return scripted.log(); };
   ASSERT_TRUE(hello && hello->command == "HELLO") << log();
   broker.send(hello->worker, "WELCOME", encode(WelcomeMsg{1000, 10}));
   broker.send(hello->worker, "DISPATCH",
@@ -349,11 +360,9 @@ TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
   const std::string cached_sweep = trim(cached.out);
   const std::string uncached_sweep = trim(uncached.out);
 
-  zmq::context_t context;
-  ScriptedBroker broker(context);
-  ChildProcess worker(scripted_worker_command(broker, cluster), dir.file("worker.log"));
-  const auto log = [&] { return read_file(dir.file("worker.log")); };
-  const auto hello = broker.next(5s);
+  ScriptedWorker scripted(cluster, dir);
+  auto& [context, broker, log_file, worker, hello] = scripted;
+  const auto log = [&] { return scripted.log(); };
   ASSERT_TRUE(hello && hello->command == "HELLO") << log();
   broker.send(hello->worker, "WELCOME", encode(WelcomeMsg{1000, 100}));  // silence never counts
 
