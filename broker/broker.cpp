@@ -374,7 +374,7 @@ void Broker::run() {
   spdlog::info("stopping: {} jobs queued and {} in flight stay recorded in Redis",
                dispatcher_.queued(), dispatcher_.in_flight());
   try {
-    store_.redis().command({"DEL", kBrokerKey});
+    store_.clear_broker_status();
   } catch (const Error&) {
     // Redis is gone too; the snapshot expires by itself.
   }

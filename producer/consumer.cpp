@@ -97,10 +97,6 @@ std::string pretty(const Json& value) {
   return value.dump(2, ' ', false, Json::error_handler_t::replace);
 }
 
-std::string compact(const Json& value) {
-  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
 const Json* member(const Json& object, const char* key) {
   if (!object.is_object()) return nullptr;
   const auto it = object.find(key);
@@ -157,14 +153,6 @@ class ProgressDisplay {
   size_t drawn_ = 0;  // characters of the bar on the current line
   double last_line_s_ = 0;
 };
-
-// Id of the newest completion event, to skip entries that the counts already cover.
-std::optional<std::string> newest_event_id(Store& store, const std::string& sweep) {
-  const auto reply =
-      store.redis().command({"XREVRANGE", events_key(sweep), "+", "-", "COUNT", "1"});
-  if (reply.elements.empty() || reply.elements[0].elements.empty()) return std::nullopt;
-  return reply.elements[0].elements[0].str;
-}
 
 // Job indices with a record, as increasing half-open runs [first, last); queried in
 // increasing order, so a lookup is amortized O(1).
@@ -233,7 +221,7 @@ std::string job_view(const Json& record, double now) {
   out += view_line("status", status);
   if (const Json* kernel = member(record, "kernel")) out += view_line("kernel", text(kernel));
   const Json* params = member(record, "params");
-  out += view_line("params", params ? compact(*params) : "?");
+  out += view_line("params", params ? dump_lenient(*params) : "?");
   const Json* result = member(record, "result");
   const Json* error = member(record, "error");
   if (status == "succeeded" || result != nullptr) {
@@ -390,7 +378,7 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
     if (!events.empty()) cursor = events.back().id;
     if (events.size() == kEventBatch && !sweep_done) {
       // Far behind the stream: the counts come from the sweep record, so skip to its end.
-      if (auto newest = newest_event_id(store, sweep)) cursor = std::move(*newest);
+      if (auto newest = store.newest_event_id(sweep)) cursor = std::move(*newest);
     }
     info = store.sweep(sweep);
     if (!info) {
@@ -567,8 +555,7 @@ int print_status(Store& store, const std::optional<std::string>& sweep, std::ost
     sweep_not_found(store, *sweep);
     return kExitJobsFailed;
   }
-  const auto running_reply = store.redis().command({"HLEN", running_key(*sweep)});
-  const auto running = static_cast<uint64_t>(std::max(0LL, running_reply.integer));
+  const uint64_t running = store.running_count(*sweep);
   const uint64_t waiting = info->total - std::min(info->total, info->done() + running);
   out << view_line("sweep", info->id);
   out << view_line("name", info->name.empty() ? "-" : info->name);

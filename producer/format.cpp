@@ -17,10 +17,6 @@ constexpr const char* kRequiredKeys[] = {"job", "status", "params", "result", "e
 constexpr const char* kFixedColumns[] = {"job", "status", "attempts", "error"};
 constexpr const char* kColumnGap = "  ";
 
-std::string dump(const Json& value) {
-  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
 bool is_fixed_column(const std::string& name) {
   return std::find(std::begin(kFixedColumns), std::end(kFixedColumns), name) !=
          std::end(kFixedColumns);
@@ -69,7 +65,7 @@ std::string format_double(double value, CellStyle style) {
   if (std::isnan(value)) return "nan";
   if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
   if (style == CellStyle::kTable) return fmt::format("{:.6g}", value);
-  return dump(Json(value));
+  return dump_lenient(Json(value));
 }
 
 // One line of an aligned table: cells padded to `widths`, two spaces apart, no trailing blanks.
@@ -129,7 +125,7 @@ std::string format_cell(const Json& value, CellStyle style) {
     case Json::value_t::number_float:
       return format_double(value.get<double>(), style);
     default:
-      return dump(value);  // arrays, objects, binary
+      return dump_lenient(value);  // arrays, objects, binary
   }
 }
 
@@ -189,15 +185,15 @@ Json parse_job_record(std::string_view text, std::string_view sweep, uint64_t in
 }
 
 std::string jsonl_line(const Json& record) {
-  if (!record.is_object()) return dump(record) + '\n';
+  if (!record.is_object()) return dump_lenient(record) + '\n';
   const bool complete = std::all_of(std::begin(kRequiredKeys), std::end(kRequiredKeys),
                                     [&](const char* key) { return record.contains(key); });
-  if (complete) return dump(record) + '\n';
+  if (complete) return dump_lenient(record) + '\n';
   Json copy = record;
   for (const char* key : kRequiredKeys) {
     if (!copy.contains(key)) copy[key] = nullptr;
   }
-  return dump(copy) + '\n';
+  return dump_lenient(copy) + '\n';
 }
 
 // ResultLayout ------------------------------------------------------------------------------

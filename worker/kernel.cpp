@@ -43,8 +43,8 @@ const Json& require_param(const Json& params, std::string_view name) {
 
 int64_t to_int(const Json& value, std::string_view name, int64_t min, int64_t max) {
   const auto out_of_range = [&]() -> KernelError {
-    return KernelError(fmt::format("param '{}': expected {} to {}, got {}", name, min, max,
-                                   value.dump(-1, ' ', false, Json::error_handler_t::replace)));
+    return KernelError(
+        fmt::format("param '{}': expected {} to {}, got {}", name, min, max, dump_lenient(value)));
   };
   int64_t number = 0;
   if (value.is_number_unsigned()) {
@@ -95,9 +95,7 @@ KernelRegistry KernelRegistry::with_builtins() {
 }
 
 std::string describe_value(const Json& value) {
-  const auto text = [&] {
-    return excerpt(value.dump(-1, ' ', false, Json::error_handler_t::replace));
-  };
+  const auto text = [&] { return excerpt(dump_lenient(value)); };
   switch (value.type()) {
     case Json::value_t::null:
       return "null";
@@ -146,8 +144,8 @@ double number_param(const Json& params, std::string_view name, double min, doubl
     const std::string expected =
         std::isinf(max) ? fmt::format("a number >= {}", format_number(min))
                         : fmt::format("{} to {}", format_number(min), format_number(max));
-    throw KernelError(fmt::format("param '{}': expected {}, got {}", name, expected,
-                                  value.dump(-1, ' ', false, Json::error_handler_t::replace)));
+    throw KernelError(
+        fmt::format("param '{}': expected {}, got {}", name, expected, dump_lenient(value)));
   }
   return number;
 }

@@ -45,11 +45,6 @@ constexpr uint64_t kMinHeartbeatMs = 10;
 constexpr uint64_t kMaxHeartbeatMs = 3'600'000;
 constexpr uint64_t kMaxLiveness = 1000;
 
-// Records are dumped leniently: a kernel's invalid UTF-8 is replaced, never thrown.
-std::string dump(const Json& value) {
-  return value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
 milliseconds doubled(milliseconds delay, int max_ms) {
   return std::min(delay * 2, milliseconds(max_ms));
 }
@@ -68,7 +63,7 @@ std::string running_record(const JobRef& job, const std::string& worker, double 
   record["attempts"] = job.attempt;
   record["worker"] = worker;
   record["started_at"] = started_at;
-  return dump(record);
+  return dump_lenient(record);  // a kernel's invalid UTF-8 never throws
 }
 
 // Calls `write(sweep, jobs)` for the jobs of each sweep in `jobs` that have a record.
@@ -724,7 +719,7 @@ std::string Worker::job_record(const JobRef& job, const std::string& kernel, con
   record["started_at"] = started_at;
   record["finished_at"] = finished_at;
   record["elapsed_s"] = elapsed_s;
-  return dump(record);
+  return dump_lenient(record);  // a kernel's invalid UTF-8 never throws
 }
 
 JobWrite Worker::failed_job(const JobRef& job, const std::string& kernel,
@@ -983,7 +978,7 @@ void Worker::warn_missing_sweeps(const std::vector<JobWrite>& written) {
   }
   try {
     for (const auto& sweep : sweeps) {
-      if (writer_store_.redis().command({"EXISTS", sweep_key(sweep)}).integer == 0) {
+      if (!writer_store_.sweep_exists(sweep)) {
         missing_sweeps_.warn_once(sweep);
       }
     }

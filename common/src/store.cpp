@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <random>
@@ -182,6 +183,20 @@ std::optional<SweepInfo> Store::sweep(const std::string& id) {
   return parse_sweep(redis_.command({"HGETALL", sweep_key(id)}));
 }
 
+bool Store::sweep_exists(const std::string& id) {
+  return redis_.command({"EXISTS", sweep_key(id)}).integer != 0;
+}
+
+uint64_t Store::running_count(const std::string& sweep) {
+  return static_cast<uint64_t>(std::max(0LL, redis_.command({"HLEN", running_key(sweep)}).integer));
+}
+
+std::optional<std::string> Store::newest_event_id(const std::string& sweep) {
+  auto reply = redis_.command({"XREVRANGE", events_key(sweep), "+", "-", "COUNT", "1"});
+  if (reply.elements.empty() || reply.elements[0].elements.empty()) return std::nullopt;
+  return std::move(reply.elements[0].elements[0].str);
+}
+
 std::vector<SweepInfo> Store::sweeps(size_t limit) {
   const auto ids =
       redis_.command({"ZREVRANGE", kSweepsKey, "0",
@@ -334,6 +349,8 @@ std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std:
 void Store::put_broker_status(const Json& status, std::chrono::milliseconds ttl) {
   redis_.command({"SET", kBrokerKey, status.dump(), "PX", std::to_string(ttl.count())});
 }
+
+void Store::clear_broker_status() { redis_.command({"DEL", kBrokerKey}); }
 
 std::optional<Json> Store::broker_status() {
   auto reply = redis_.command({"GET", kBrokerKey});

@@ -81,6 +81,8 @@ class Store {
   bool create_sweep(const std::string& id, const SweepSpec& spec, uint64_t ttl_s);
 
   std::optional<SweepInfo> sweep(const std::string& id);
+  bool sweep_exists(const std::string& id);
+  uint64_t running_count(const std::string& sweep);  // running marks of the sweep
   std::vector<SweepInfo> sweeps(size_t limit);  // newest first; drops expired ids from the index
   std::vector<std::string> active_sweeps();
 
@@ -109,7 +111,11 @@ class Store {
   std::vector<StreamEvent> read_events(const std::string& sweep, const std::string& after,
                                        std::chrono::milliseconds block, size_t count);
 
+  // Id of the newest completion event, std::nullopt if there is none.
+  std::optional<std::string> newest_event_id(const std::string& sweep);
+
   void put_broker_status(const Json& status, std::chrono::milliseconds ttl);
+  void clear_broker_status();
   std::optional<Json> broker_status();
 
   Redis& redis() { return redis_; }
