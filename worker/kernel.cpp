@@ -16,13 +16,7 @@ namespace {
 constexpr size_t kMaxQuotedValue = 40;  // characters of a bad value quoted in an error message
 constexpr auto kSleepStep = std::chrono::milliseconds(100);
 
-std::string excerpt(std::string text) {
-  if (text.size() > kMaxQuotedValue) {
-    text.resize(kMaxQuotedValue - 3);
-    text += "...";
-  }
-  return text;
-}
+std::string excerpt(std::string text) { return simq::excerpt(std::move(text), kMaxQuotedValue); }
 
 // `fmt::format("{}", 1e10)` prints "10000000000", not "1e+10": limits read as the user typed.
 std::string format_number(double value) {

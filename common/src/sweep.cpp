@@ -62,13 +62,7 @@ std::string child(std::string_view parent, std::string_view key) {
 
 std::string element(std::string_view parent, size_t i) { return fmt::format("{}[{}]", parent, i); }
 
-std::string excerpt(std::string text) {
-  if (text.size() > kMaxExcerptLength) {
-    text.resize(kMaxExcerptLength - 3);
-    text += "...";
-  }
-  return text;
-}
+std::string excerpt(std::string text) { return simq::excerpt(std::move(text), kMaxExcerptLength); }
 
 // A JSON value as the user wrote it: "a string (\"10\")", "an integer (3)", "a table (...)".
 std::string describe(const Json& value) {

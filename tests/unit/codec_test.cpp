@@ -8,6 +8,7 @@
 #include <string>
 
 #include "simq/errors.h"
+#include "simq/json.h"
 #include "simq/protocol.h"
 #include "simq/redis.h"
 
@@ -226,6 +227,20 @@ TEST(RedisAddress, ParsesUrls) {
   EXPECT_THROW(RedisAddress::parse("http://h:1"), ConfigError);
   EXPECT_THROW(RedisAddress::parse("redis://h:99999"), ConfigError);
   EXPECT_THROW(RedisAddress::parse("redis://:1"), ConfigError);
+}
+
+}  // namespace
+}  // namespace simq
+
+namespace simq {
+namespace {
+
+TEST(Excerpt, CutsLongTextWithoutSplittingUtf8) {
+  EXPECT_EQ(excerpt("short", 10), "short");
+  EXPECT_EQ(excerpt("abcdefghijkl", 8), "abcde...");
+  // "é" is two bytes; a cut inside it backs off to the character before.
+  EXPECT_EQ(excerpt("abcd\xc3\xa9xyz", 8), "abcd...");
+  EXPECT_EQ(excerpt("abcd\xc3\xa9xyzw", 9), "abcd\xc3\xa9...");
 }
 
 }  // namespace
