@@ -891,7 +891,7 @@ void Worker::writer_loop(const std::stop_token& stop) {
     if (!finished.empty()) {
       DoneMsg done;
       done.jobs.reserve(finished.size());
-      for (auto& w : finished) done.jobs.push_back(DoneJob{std::move(w.job), w.ok});
+      for (auto& w : finished) done.jobs.push_back(DoneJob{std::move(w.job), w.ok, std::nullopt});
       forward(done.jobs.size(), encode(done));
       finished.clear();
     }

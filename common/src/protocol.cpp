@@ -13,11 +13,13 @@ namespace simq {
 
 namespace {
 
-constexpr std::array<std::pair<Command, std::string_view>, 11> kCommandNames{{
+constexpr std::array<std::pair<Command, std::string_view>, 13> kCommandNames{{
     {Command::kSubmit, "SUBMIT"},
     {Command::kSubmitted, "SUBMITTED"},
     {Command::kPing, "PING"},
     {Command::kPong, "PONG"},
+    {Command::kCancel, "CANCEL"},
+    {Command::kCancelled, "CANCELLED"},
     {Command::kError, "ERROR"},
     {Command::kHello, "HELLO"},
     {Command::kWelcome, "WELCOME"},
@@ -174,10 +176,28 @@ std::string encode(const DoneMsg& msg) {
     pack_key(p, "jobs");
     p.pack_array(static_cast<uint32_t>(msg.jobs.size()));
     for (const auto& done : msg.jobs) {
-      p.pack_array(4);
+      p.pack_array(done.retry_after_ms ? 5 : 4);
       pack_job(p, done.job);
       p.pack(done.ok);
+      if (done.retry_after_ms) p.pack(*done.retry_after_ms);
     }
+  });
+}
+
+std::string encode(const CancelMsg& msg) {
+  return pack_map(2, [&](Packer& p) {
+    pack_field(p, "req", msg.req);
+    pack_field(p, "sweep_id", msg.sweep_id);
+  });
+}
+
+std::string encode(const CancelledMsg& msg) {
+  return pack_map(5, [&](Packer& p) {
+    pack_field(p, "req", msg.req);
+    pack_field(p, "sweep_id", msg.sweep_id);
+    pack_field(p, "outcome", msg.outcome);
+    pack_field(p, "dropped", msg.dropped);
+    pack_field(p, "running", msg.running);
   });
 }
 
@@ -203,6 +223,23 @@ SubmittedMsg decode_submitted(std::string_view body) {
   const MapReader r(handle.get(), "SUBMITTED");
   return SubmittedMsg{r.u64("req"), r.str("sweep_id"), r.u64("total"),
                       r.boolean_or("existed", false)};
+}
+
+CancelMsg decode_cancel(std::string_view body) {
+  const auto handle = unpack(body);
+  const MapReader r(handle.get(), "CANCEL");
+  CancelMsg msg{r.u64_or("req", 0), r.str("sweep_id")};
+  if (msg.sweep_id.empty()) {
+    throw ProtocolError("CANCEL: field 'sweep_id': expected a sweep id, got \"\"");
+  }
+  return msg;
+}
+
+CancelledMsg decode_cancelled(std::string_view body) {
+  const auto handle = unpack(body);
+  const MapReader r(handle.get(), "CANCELLED");
+  return CancelledMsg{r.u64_or("req", 0), r.str("sweep_id"), r.str("outcome"),
+                      r.u64_or("dropped", 0), r.u64_or("running", 0)};
 }
 
 PingMsg decode_ping(std::string_view body) {
@@ -264,10 +301,17 @@ DoneMsg decode_done(std::string_view body) {
   msg.jobs.reserve(jobs.size);
   for (uint32_t i = 0; i < jobs.size; ++i) {
     const auto& item = jobs.ptr[i];
-    DoneJob done{read_job(r, item, 4), true};
+    DoneJob done{read_job(r, item, 4), true, std::nullopt};
     const auto& ok = item.via.array.ptr[3];
     if (ok.type != msgpack::type::BOOLEAN) r.fail("jobs[].ok", "boolean", ok);
     done.ok = ok.via.boolean;
+    if (item.via.array.size > 4) {
+      const auto& retry = item.via.array.ptr[4];
+      if (retry.type != msgpack::type::POSITIVE_INTEGER) {
+        r.fail("jobs[].retry_after_ms", "unsigned integer", retry);
+      }
+      done.retry_after_ms = retry.via.u64;
+    }
     msg.jobs.push_back(std::move(done));
   }
   return msg;

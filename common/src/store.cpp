@@ -19,59 +19,129 @@ namespace {
 constexpr const char* kCreateScript = R"lua(
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'name', ARGV[2], 'kernel', ARGV[3],
-           'spec', ARGV[4], 'total', ARGV[5], 'succeeded', 0, 'failed', 0,
-           'status', 'running', 'created_at', ARGV[6], 'finished_at', 0, 'ttl_s', ARGV[7])
+           'spec', ARGV[4], 'total', ARGV[5], 'succeeded', 0, 'failed', 0, 'cancelled', 0,
+           'fenced', 0, 'duplicates', 0, 'status', 'running', 'created_at', ARGV[6], 'finished_at', 0, 'ttl_s', ARGV[7])
 redis.call('ZADD', KEYS[2], ARGV[6], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 )lua";
 
-// KEYS: sweep record, jobs hash, running hash.
-// ARGV: (index, mark) per job. A mark is only set for a job of a recorded sweep that has no
-// terminal record yet, so a late re-dispatch never leaves a stale mark behind.
+// Each job's attempt number is its fencing token: the fence hash holds the current attempt of
+// every job the broker re-dispatched (absent = 1), and a write from an older attempt is
+// refused. Scripts that touch one job of a sweep take all its keys, so Redis Cluster could
+// keep a sweep in one slot later.
+
+// KEYS: sweep record, jobs hash, running hash, fence hash.
+// ARGV: (index, attempt, mark) per job. A mark is only set for a job of a recorded sweep that
+// has no terminal record yet, by its current attempt, so a late re-dispatch or a presumed-dead
+// worker never leaves a stale mark behind.
 constexpr const char* kRunningScript = R"lua(
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local marked = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+for i = 1, #ARGV, 3 do
+  local fence = tonumber(redis.call('HGET', KEYS[4], ARGV[i]) or '1')
+  if tonumber(ARGV[i + 1]) >= fence and redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     marked = marked + 1
   end
 end
 return marked
 )lua";
 
-// KEYS: sweep record, jobs hash, running hash, events stream, active set.
-// ARGV: sweep id, now, then (index, status, record) per job.
-// Returns {stored, duplicates, orphans}.
+// KEYS: sweep record, jobs hash, running hash, events stream, active set, fence hash, lost hash.
+// ARGV: sweep id, now, then (index, attempt, status, record) per job.
+// Returns {stored, duplicates, orphans, fenced}.
 constexpr const char* kFinishScript = R"lua(
-local n = (#ARGV - 2) / 3
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, n} end
-local ok, failed, dup = 0, 0, 0
-for i = 3, #ARGV, 3 do
-  local index, status = ARGV[i], ARGV[i + 1]
-  -- Once a job has a terminal record no running mark of it is current, whichever attempt set it.
-  redis.call('HDEL', KEYS[3], index)
-  if redis.call('HSETNX', KEYS[2], index, ARGV[i + 2]) == 1 then
-    redis.call('XADD', KEYS[4], '*', 'job', index, 'status', status)
-    if status == 'succeeded' then ok = ok + 1 else failed = failed + 1 end
+local n = (#ARGV - 2) / 4
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, n, 0} end
+local counts = {succeeded = 0, failed = 0, cancelled = 0}
+local dup, fenced = 0, 0
+for i = 3, #ARGV, 4 do
+  local index, status = ARGV[i], ARGV[i + 2]
+  local fence = tonumber(redis.call('HGET', KEYS[6], index) or '1')
+  if tonumber(ARGV[i + 1]) < fence then
+    -- A presumed-dead worker's attempt: a newer one owns the job (and its running mark).
+    fenced = fenced + 1
   else
-    dup = dup + 1
+    -- Once a job has a terminal record no running mark of it is current.
+    redis.call('HDEL', KEYS[3], index)
+    if redis.call('HSETNX', KEYS[2], index, ARGV[i + 3]) == 1 then
+      redis.call('XADD', KEYS[4], '*', 'job', index, 'status', status)
+      counts[status] = counts[status] + 1
+    else
+      dup = dup + 1
+    end
   end
 end
-if ok > 0 then redis.call('HINCRBY', KEYS[1], 'succeeded', ok) end
-if failed > 0 then redis.call('HINCRBY', KEYS[1], 'failed', failed) end
-local h = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'failed', 'ttl_s', 'status')
-if h[5] ~= 'done' and tonumber(h[2]) + tonumber(h[3]) >= tonumber(h[1]) then
+for status, count in pairs(counts) do
+  if count > 0 then redis.call('HINCRBY', KEYS[1], status, count) end
+end
+if dup > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dup) end
+if fenced > 0 then redis.call('HINCRBY', KEYS[1], 'fenced', fenced) end
+local h = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'failed', 'ttl_s', 'status',
+                     'cancelled')
+local done = tonumber(h[2]) + tonumber(h[3]) + (tonumber(h[6]) or 0)
+if h[5] == 'running' and done >= tonumber(h[1]) then
   redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[2])
   redis.call('SREM', KEYS[5], ARGV[1])
   redis.call('XADD', KEYS[4], '*', 'sweep', 'done')
   local ttl = tonumber(h[4])
   if ttl and ttl > 0 then
-    for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
+    for _, k in ipairs({1, 2, 3, 4, 6, 7}) do redis.call('EXPIRE', KEYS[k], ttl) end
+  end
+elseif h[5] ~= 'running' then
+  -- A result of a cancelled sweep, written after its keys were given their expiry: the keys
+  -- this call created must expire with the sweep.
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then
+    for _, k in ipairs({2, 4}) do redis.call('PEXPIRE', KEYS[k], pttl) end
   end
 end
-return {ok + failed, dup, 0}
+return {counts.succeeded + counts.failed + counts.cancelled, dup, 0, fenced}
+)lua";
+
+// KEYS: sweep record, fence hash, lost hash.
+// ARGV: (index, attempt, lost_on) per job: the job is queued again as `attempt`; `lost_on`
+// names the worker it was lost with ("" if it was not lost: handed back, retried, recovered).
+// Fences only ever rise.
+constexpr const char* kRequeueScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 1, #ARGV, 3 do
+  local index, attempt, worker = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local fence = tonumber(redis.call('HGET', KEYS[2], index) or '1')
+  if attempt > fence then redis.call('HSET', KEYS[2], index, attempt) end
+  if worker ~= '' then
+    local count = 0
+    local old = redis.call('HGET', KEYS[3], index)
+    if old then
+      local ok, lost = pcall(cjson.decode, old)
+      if ok and type(lost) == 'table' and tonumber(lost.count) then count = tonumber(lost.count) end
+    end
+    redis.call('HSET', KEYS[3], index,
+               cjson.encode({count = count + 1, worker = worker, attempt = attempt - 1}))
+  end
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  for k = 2, 3 do redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+return 1
+)lua";
+
+// KEYS: sweep record, jobs hash, running hash, events stream, active set, fence hash, lost hash.
+// ARGV: sweep id, now. Returns 1 (cancelled), 0 (already finished or cancelled), -1 (no sweep).
+constexpr const char* kCancelScript = R"lua(
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local h = redis.call('HMGET', KEYS[1], 'status', 'ttl_s')
+if h[1] ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'cancelled_at', ARGV[2])
+redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('XADD', KEYS[4], '*', 'sweep', 'cancelled')
+local ttl = tonumber(h[2])
+if ttl and ttl > 0 then
+  for _, k in ipairs({1, 2, 3, 4, 6, 7}) do redis.call('EXPIRE', KEYS[k], ttl) end
+end
+return 1
 )lua";
 
 uint64_t to_u64(const std::string& text) {
@@ -105,6 +175,9 @@ std::optional<SweepInfo> parse_sweep(const RedisReply& reply) {
   info.total = to_u64(fields["total"]);
   info.succeeded = to_u64(fields["succeeded"]);
   info.failed = to_u64(fields["failed"]);
+  info.cancelled = to_u64(fields["cancelled"]);
+  info.fenced = to_u64(fields["fenced"]);
+  info.duplicates = to_u64(fields["duplicates"]);
   info.created_at = to_double(fields["created_at"]);
   info.finished_at = to_double(fields["finished_at"]);
   info.ttl_s = to_u64(fields["ttl_s"]);
@@ -119,6 +192,8 @@ std::string sweep_key(const std::string& sweep) { return "simq:sweep:" + sweep; 
 std::string jobs_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":jobs"; }
 std::string running_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":running"; }
 std::string events_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":events"; }
+std::string fence_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":fence"; }
+std::string lost_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":lost"; }
 
 double unix_time() {
   const auto now = std::chrono::system_clock::now().time_since_epoch();
@@ -230,9 +305,10 @@ void Store::mark_running(const std::vector<JobWrite>& jobs) {
     auto& args = by_sweep[w.job.sweep];
     if (args.empty()) {
       const auto& s = w.job.sweep;
-      args = {"EVALSHA", "", "3", sweep_key(s), jobs_key(s), running_key(s)};
+      args = {"EVALSHA", "", "4", sweep_key(s), jobs_key(s), running_key(s), fence_key(s)};
     }
     args.push_back(std::to_string(w.job.index));
+    args.push_back(std::to_string(w.job.attempt));
     args.push_back(w.record);
   }
   std::vector<RedisArgs> calls;
@@ -250,23 +326,72 @@ FinishCounts Store::finish(const std::vector<JobWrite>& jobs) {
     auto& args = by_sweep[w.job.sweep];
     if (args.empty()) {
       const auto& s = w.job.sweep;
-      args = {"EVALSHA",     "",         "5", sweep_key(s), jobs_key(s), running_key(s),
-              events_key(s), kActiveKey, s,   now};
+      args = {"EVALSHA",     "",         "7",          sweep_key(s), jobs_key(s), running_key(s),
+              events_key(s), kActiveKey, fence_key(s), lost_key(s),  s,           now};
     }
     args.push_back(std::to_string(w.job.index));
-    args.push_back(w.ok ? "succeeded" : "failed");
+    args.push_back(std::to_string(w.job.attempt));
+    args.push_back(w.status());
     args.push_back(w.record);
   }
   std::vector<RedisArgs> calls;
   calls.reserve(by_sweep.size());
   for (auto& [sweep, args] : by_sweep) calls.push_back(std::move(args));
   for (const auto& reply : run_scripts(std::move(calls), finish_sha_, kFinishScript)) {
-    if (reply.elements.size() != 3) throw StoreError("finish script: unexpected reply");
+    if (reply.elements.size() != 4) throw StoreError("finish script: unexpected reply");
     counts.stored += static_cast<uint64_t>(reply.elements[0].integer);
     counts.duplicates += static_cast<uint64_t>(reply.elements[1].integer);
     counts.orphans += static_cast<uint64_t>(reply.elements[2].integer);
+    counts.fenced += static_cast<uint64_t>(reply.elements[3].integer);
   }
   return counts;
+}
+
+void Store::requeue(const std::vector<Requeue>& jobs) {
+  if (jobs.empty()) return;
+  std::map<std::string, RedisArgs, std::less<>> by_sweep;
+  for (const auto& r : jobs) {
+    auto& args = by_sweep[r.job.sweep];
+    if (args.empty()) {
+      const auto& s = r.job.sweep;
+      args = {"EVALSHA", "", "3", sweep_key(s), fence_key(s), lost_key(s)};
+    }
+    args.push_back(std::to_string(r.job.index));
+    args.push_back(std::to_string(r.job.attempt));
+    args.push_back(r.lost_on);
+  }
+  std::vector<RedisArgs> calls;
+  calls.reserve(by_sweep.size());
+  for (auto& [sweep, args] : by_sweep) calls.push_back(std::move(args));
+  run_scripts(std::move(calls), requeue_sha_, kRequeueScript);
+}
+
+std::optional<LostRecord> Store::lost_record(const std::string& sweep, uint64_t index) {
+  const auto reply = redis_.command({"HGET", lost_key(sweep), std::to_string(index)});
+  if (reply.is_nil()) return std::nullopt;
+  const auto parsed = Json::parse(reply.str, nullptr, false);
+  if (!parsed.is_object())
+    throw StoreError(fmt::format("lost record of job {} is not JSON", index));
+  LostRecord lost;
+  lost.count = parsed.value("count", 0U);
+  lost.worker = parsed.value("worker", std::string());
+  lost.attempt = parsed.value("attempt", 0U);
+  return lost;
+}
+
+CancelOutcome Store::cancel_sweep(const std::string& id) {
+  const auto replies = run_scripts(
+      {{"EVALSHA", "", "7", sweep_key(id), jobs_key(id), running_key(id), events_key(id),
+        kActiveKey, fence_key(id), lost_key(id), id, format_time(unix_time())}},
+      cancel_sha_, kCancelScript);
+  switch (replies.front().integer) {
+    case 1:
+      return CancelOutcome::kCancelled;
+    case 0:
+      return CancelOutcome::kNotRunning;
+    default:
+      return CancelOutcome::kNoSweep;
+  }
 }
 
 std::optional<std::string> Store::job_record(const std::string& sweep, uint64_t index) {
@@ -339,7 +464,10 @@ std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std:
       const auto& value = fields[i + 1].str;
       if (name == "job") event.index = to_u64(value);
       if (name == "status") event.ok = value == "succeeded";
-      if (name == "sweep") event.sweep_done = value == "done";
+      if (name == "sweep") {
+        event.sweep_done = value == "done" || value == "cancelled";
+        event.cancelled = value == "cancelled";
+      }
     }
     events.push_back(std::move(event));
   }

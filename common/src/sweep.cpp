@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <limits>
 #include <memory>
+#include <span>
 #include <sstream>
 #include <system_error>
 #include <utility>
@@ -25,10 +26,15 @@
 namespace simq {
 namespace {
 
-using AllowedKeys = std::array<std::string_view, 4>;
+using AllowedKeys = std::span<const std::string_view>;
 
-constexpr AllowedKeys kTopLevelKeys = {"name", "kernel", "params", "grid"};
-constexpr AllowedKeys kAxisForms = {"list", "range", "linspace", "logspace"};
+constexpr std::array<std::string_view, 5> kTopLevelKeys = {"name", "kernel", "params", "grid",
+                                                           "options"};
+constexpr std::array<std::string_view, 4> kAxisForms = {"list", "range", "linspace", "logspace"};
+constexpr std::array<std::string_view, 5> kOptionKeys = {"max_attempts", "timeout_s", "backoff_s",
+                                                         "backoff_max_s", "retry_errors"};
+// Longest time limit or retry delay, seconds (a year): larger is surely a unit mistake.
+constexpr double kMaxSeconds = 365.0 * 24 * 3600;
 constexpr std::string_view kKernelNameChars =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-";
 constexpr size_t kMaxKernelNameLength = 128;
@@ -545,6 +551,102 @@ bool looks_like_json(std::string_view text) {
   return first != std::string_view::npos && text[first] == '{';
 }
 
+// ---------------------------------------------------------------------------------------
+// Options
+
+// A number of seconds in [0, kMaxSeconds].
+double seconds_option(const Json& value, std::string_view origin, const std::string& field) {
+  if (!value.is_number() || !std::isfinite(value.get<double>()) || value.get<double>() < 0 ||
+      value.get<double>() > kMaxSeconds) {
+    fail(origin, field, fmt::format("a number of seconds from 0 to {}", kMaxSeconds),
+         describe(value));
+  }
+  return value.get<double>();
+}
+
+// A limit given as a number in [min, max] (an integer if `integer`) or as a parameter's name.
+JobLimit limit_option(const Json& value, std::string_view origin, const std::string& field,
+                      double min, double max, bool integer) {
+  if (value.is_string()) {
+    const auto& param = value.get_ref<const std::string&>();
+    if (param.empty()) fail(origin, field, "a number or a parameter name", "\"\"");
+    return JobLimit{0, param};
+  }
+  const bool number = value.is_number() && std::isfinite(value.get<double>());
+  if (!number || value.get<double>() < min || value.get<double>() > max ||
+      (integer && std::trunc(value.get<double>()) != value.get<double>())) {
+    fail(origin, field,
+         fmt::format("{} from {} to {}, or the name of a parameter giving it job by job",
+                     integer ? "an integer" : "a number", min, max),
+         describe(value));
+  }
+  return JobLimit{value.get<double>(), ""};
+}
+
+SweepOptions parse_options(const Json& options, std::string_view origin) {
+  if (!options.is_object()) fail(origin, "options", "a table of options", describe(options));
+  SweepOptions out;
+  for (const auto& [key, value] : options.items()) {
+    const std::string field = child("options", key);
+    if (key == "max_attempts") {
+      out.max_attempts = limit_option(value, origin, field, 1, SweepOptions::kMaxAttempts, true);
+    } else if (key == "timeout_s") {
+      out.timeout_s = limit_option(value, origin, field, 0, kMaxSeconds, false);
+    } else if (key == "backoff_s") {
+      out.backoff_s = seconds_option(value, origin, field);
+    } else if (key == "backoff_max_s") {
+      out.backoff_max_s = seconds_option(value, origin, field);
+    } else if (key == "retry_errors") {
+      if (!value.is_boolean()) fail(origin, field, "true or false", describe(value));
+      out.retry_errors = value.get<bool>();
+    } else {
+      fail(origin, field, fmt::format("one of the keys {}", join(kOptionKeys)),
+           fmt::format("an unknown key{}", suggestion(key, kOptionKeys)));
+    }
+  }
+  if (out.backoff_max_s < out.backoff_s) {
+    fail(origin, "options.backoff_max_s",
+         fmt::format("at least options.backoff_s ({})", out.backoff_s),
+         fmt::format("{}", out.backoff_max_s));
+  }
+  return out;
+}
+
+// A per-job limit's parameter must be one of the sweep's.
+void check_limit_param(const SweepSpec& spec, const JobLimit& limit, std::string_view origin,
+                       const std::string& field) {
+  if (limit.param.empty()) return;
+  const bool constant = spec.params.contains(limit.param);
+  const bool varied = std::any_of(spec.grid.begin(), spec.grid.end(),
+                                  [&](const Axis& axis) { return axis.name == limit.param; });
+  if (!constant && !varied) {
+    fail(origin, field, "a number, or the name of a parameter in params or grid",
+         fmt::format("\"{}\", which is neither", excerpt(limit.param)));
+  }
+}
+
+// The value of a per-job limit for one job; throws ConfigError naming the parameter.
+double limit_of(const JobLimit& limit, const Json& job_params, const std::string& field, double min,
+                double max, bool integer) {
+  if (limit.param.empty()) return limit.value;
+  const auto it = job_params.find(limit.param);
+  const bool number = it != job_params.end() && it->is_number() && std::isfinite(it->get<double>());
+  if (!number || it->get<double>() < min || it->get<double>() > max ||
+      (integer && std::trunc(it->get<double>()) != it->get<double>())) {
+    throw ConfigError(fmt::format("{} = \"{}\": param '{}': expected {} from {} to {}, got {}",
+                                  field, limit.param, limit.param,
+                                  integer ? "an integer" : "a number", min, max,
+                                  it == job_params.end() ? std::string("nothing") : describe(*it)));
+  }
+  return it->get<double>();
+}
+
+Json limit_json(const JobLimit& limit, bool integer) {
+  if (!limit.param.empty()) return limit.param;
+  if (integer) return static_cast<int64_t>(limit.value);
+  return limit.value;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -623,11 +725,27 @@ Json SweepSpec::params_at(uint64_t index) const {
   return out;
 }
 
+uint32_t SweepSpec::max_attempts_of(const Json& job_params) const {
+  return static_cast<uint32_t>(limit_of(options.max_attempts, job_params, "options.max_attempts", 1,
+                                        SweepOptions::kMaxAttempts, true));
+}
+
+double SweepSpec::timeout_of(const Json& job_params) const {
+  return limit_of(options.timeout_s, job_params, "options.timeout_s", 0, kMaxSeconds, false);
+}
+
 Json SweepSpec::to_json() const {
   Json out = Json::object();
   out["name"] = name;
   out["kernel"] = kernel;
   out["params"] = params;
+  if (options != SweepOptions{}) {
+    out["options"] = {{"max_attempts", limit_json(options.max_attempts, true)},
+                      {"timeout_s", limit_json(options.timeout_s, false)},
+                      {"backoff_s", options.backoff_s},
+                      {"backoff_max_s", options.backoff_max_s},
+                      {"retry_errors", options.retry_errors}};
+  }
   if (grid.empty()) return out;  // an empty grid array would be refused by from_json
   Json axes = Json::array();
   for (const Axis& axis : grid) {
@@ -705,8 +823,13 @@ SweepSpec SweepSpec::from_json(const Json& spec, std::string_view origin) {
   if (const auto grid = spec.find("grid"); grid != spec.end()) {
     out.grid = parse_grid(*grid, origin);
   }
+  if (const auto options = spec.find("options"); options != spec.end()) {
+    out.options = parse_options(*options, origin);
+  }
   check_names(out, origin);
   check_total(out, origin);
+  check_limit_param(out, out.options.max_attempts, origin, "options.max_attempts");
+  check_limit_param(out, out.options.timeout_s, origin, "options.timeout_s");
   return out;
 }
 

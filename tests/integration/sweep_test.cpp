@@ -123,17 +123,17 @@ i = { range = [0, 150] }
   auto redis = cluster.redis().connect();
   ASSERT_TRUE(wait_until([&] { return counter(*redis, sweep, "succeeded") >= 40; }, 30s))
       << cluster.logs();
-  // Worker 0 is running jobs right now: its running marks say so.
-  const auto running = redis->command({"HVALS", "simq:sweep:" + sweep + ":running"});
+  // Kill worker 0 while it is running jobs: its running marks say so.
   const auto victim = std::to_string(cluster.worker(0).pid());
-  int victim_running = 0;
-  for (const auto& mark : running.elements) {
-    if (Json::parse(mark.str)["worker"].get<std::string>().ends_with(":" + victim)) {
-      ++victim_running;
+  const auto victim_is_running = [&] {
+    const auto running = redis->command({"HVALS", "simq:sweep:" + sweep + ":running"});
+    for (const auto& mark : running.elements) {
+      if (Json::parse(mark.str)["worker"].get<std::string>().ends_with(":" + victim)) return true;
     }
-  }
+    return false;
+  };
+  ASSERT_TRUE(wait_until(victim_is_running, 10s)) << "worker 0 never ran a job";
   cluster.worker(0).signal(SIGKILL);
-  ASSERT_GT(victim_running, 0) << "the killed worker had no job running";
 
   const auto waited = cluster.simq({"wait", sweep});
   ASSERT_EQ(waited.status, 0) << waited.err << cluster.logs();

@@ -63,15 +63,51 @@ TEST(Protocol, DispatchAndDoneCarryBatches) {
   const auto back = decode_dispatch(encode(dispatch));
   ASSERT_EQ(back.jobs.size(), 1000u);
   EXPECT_EQ(back.jobs[999], (JobRef{"s", 999, 2}));
-  DoneMsg done{{{JobRef{"a", 5, 1}, true}, {JobRef{"b", 6, 2}, false}}};
+  DoneMsg done{{{JobRef{"a", 5, 1}, true, std::nullopt}, {JobRef{"b", 6, 2}, false, 1500}}};
   const auto done_back = decode_done(encode(done));
   ASSERT_EQ(done_back.jobs.size(), 2u);
+  EXPECT_EQ(done_back.jobs[0].retry_after_ms, std::nullopt);
   EXPECT_EQ(done_back.jobs[1].job, (JobRef{"b", 6, 2}));
   EXPECT_FALSE(done_back.jobs[1].ok);
+  EXPECT_EQ(done_back.jobs[1].retry_after_ms, 1500u);
+}
+
+TEST(Protocol, CancelAndCancelledRoundTrip) {
+  const auto cancel = decode_cancel(encode(CancelMsg{7, "mgq2r1k0a7bx"}));
+  EXPECT_EQ(cancel.req, 7u);
+  EXPECT_EQ(cancel.sweep_id, "mgq2r1k0a7bx");
+  const auto cancelled =
+      decode_cancelled(encode(CancelledMsg{7, "mgq2r1k0a7bx", "cancelled", 120, 4}));
+  EXPECT_EQ(cancelled.outcome, "cancelled");
+  EXPECT_EQ(cancelled.dropped, 120u);
+  EXPECT_EQ(cancelled.running, 4u);
+  EXPECT_THROW(decode_cancel(encode(CancelMsg{1, ""})), ProtocolError);
+}
+
+TEST(Protocol, DoneRetryDelayMustBeUnsigned) {
+  // [sweep, index, attempt, ok, retry_after_ms] with a string where the delay belongs.
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> p(buffer);
+  p.pack_map(1);
+  p.pack(std::string("jobs"));
+  p.pack_array(1);
+  p.pack_array(5);
+  p.pack(std::string("s"));
+  p.pack(uint64_t{1});
+  p.pack(uint64_t{1});
+  p.pack(false);
+  p.pack(std::string("soon"));
+  try {
+    decode_done(std::string_view(buffer.data(), buffer.size()));
+    FAIL() << "a string retry delay was accepted";
+  } catch (const ProtocolError& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("retry_after_ms"));
+  }
 }
 
 TEST(Protocol, CommandNamesRoundTrip) {
-  for (auto c : {Command::kSubmit, Command::kDispatch, Command::kDone, Command::kBye}) {
+  for (auto c : {Command::kSubmit, Command::kDispatch, Command::kDone, Command::kBye,
+                 Command::kCancel, Command::kCancelled}) {
     EXPECT_EQ(command_from_name(command_name(c)), c);
   }
   EXPECT_FALSE(command_from_name("EXPLODE"));

@@ -438,12 +438,13 @@ TEST(SweepErrors, JsonSyntaxErrorGivesLineAndColumn) {
 }
 
 TEST(SweepErrors, UnknownTopLevelKeyListsTheAllowedKeys) {
-  EXPECT_EQ(toml_error("kernal = \"fib\"\n"),
-            "test.toml: kernal: expected one of the keys name, kernel, params, grid, got an "
-            "unknown key (did you mean \"kernel\"?)");
+  EXPECT_EQ(
+      toml_error("kernal = \"fib\"\n"),
+      "test.toml: kernal: expected one of the keys name, kernel, params, grid, options, got an "
+      "unknown key (did you mean \"kernel\"?)");
   EXPECT_THAT(toml_error("kernel = \"fib\"\n[sweep]\nx = 1\n"),
               AllOf(HasSubstr("test.toml: sweep: expected one of the keys name, kernel, params, "
-                              "grid, got an unknown key"),
+                              "grid, options, got an unknown key"),
                     testing::Not(HasSubstr("did you mean"))));
 }
 
@@ -610,9 +611,10 @@ TEST(SweepErrors, OddKeysAreQuotedInFieldNames) {
 }
 
 TEST(SweepErrors, TopLevelMustBeATable) {
-  EXPECT_EQ(json_error("[1, 2]"),
-            "test.json: (top level): expected a table with the keys name, kernel, params, grid, "
-            "got an array of 2 elements ([1,2])");
+  EXPECT_EQ(
+      json_error("[1, 2]"),
+      "test.json: (top level): expected a table with the keys name, kernel, params, grid, options, "
+      "got an array of 2 elements ([1,2])");
 }
 
 TEST(SweepErrors, NormalizedGridEntries) {

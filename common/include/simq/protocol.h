@@ -27,6 +27,8 @@ enum class Command {
   kSubmitted,  // broker: the sweep is in Redis and queued
   kPing,       // client: are you there?
   kPong,       // broker: yes, with workers and queue depth
+  kCancel,     // client: cancel a sweep; broker -> worker: stop this sweep's jobs
+  kCancelled,  // broker: the sweep is cancelled in Redis and its queued jobs dropped
   kError,      // broker: your message was refused (either endpoint)
   // worker <-> broker backend
   kHello,      // worker: I am here with N slots
@@ -65,6 +67,19 @@ struct PongMsg {
   uint64_t in_flight = 0;  // jobs dispatched, not done
 };
 
+struct CancelMsg {
+  uint64_t req = 0;  // client's request number (0 from the broker to a worker)
+  std::string sweep_id;
+};
+
+struct CancelledMsg {
+  uint64_t req = 0;
+  std::string sweep_id;
+  std::string outcome;   // "cancelled", "not_running" (finished or cancelled before), "no_sweep"
+  uint64_t dropped = 0;  // queued jobs the broker dropped
+  uint64_t running = 0;  // jobs in flight on workers, asked to stop
+};
+
 struct ErrorMsg {
   uint64_t req = 0;     // request number of the refused message, 0 if unknown
   std::string code;     // one word, see docs/protocol.md ("bad_body", "bad_spec", ...)
@@ -91,6 +106,9 @@ struct DispatchMsg {
 struct DoneJob {
   JobRef job;
   bool ok = true;  // succeeded (false: failed; the record in Redis says why)
+  // No terminal record was written: run the job again as attempt+1 after this delay (a
+  // retryable failure). Sent as a fifth element; absent = not a retry.
+  std::optional<uint64_t> retry_after_ms;
 };
 
 struct DoneMsg {
@@ -102,6 +120,8 @@ std::string encode(const SubmittedMsg& msg);
 std::string encode(const PingMsg& msg);
 std::string encode(const PongMsg& msg);
 std::string encode(const ErrorMsg& msg);
+std::string encode(const CancelMsg& msg);
+std::string encode(const CancelledMsg& msg);
 std::string encode(const HelloMsg& msg);
 std::string encode(const WelcomeMsg& msg);
 std::string encode(const DispatchMsg& msg);
@@ -114,6 +134,8 @@ SubmittedMsg decode_submitted(std::string_view body);
 PingMsg decode_ping(std::string_view body);
 PongMsg decode_pong(std::string_view body);
 ErrorMsg decode_error(std::string_view body);
+CancelMsg decode_cancel(std::string_view body);
+CancelledMsg decode_cancelled(std::string_view body);
 HelloMsg decode_hello(std::string_view body);
 WelcomeMsg decode_welcome(std::string_view body);
 DispatchMsg decode_dispatch(std::string_view body);

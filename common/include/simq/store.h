@@ -24,6 +24,8 @@ std::string sweep_key(const std::string& sweep);          // HASH   the sweep re
 std::string jobs_key(const std::string& sweep);           // HASH   index -> terminal job record
 std::string running_key(const std::string& sweep);        // HASH   index -> running mark
 std::string events_key(const std::string& sweep);         // STREAM completions
+std::string fence_key(const std::string& sweep);          // HASH   index -> current attempt
+std::string lost_key(const std::string& sweep);           // HASH   index -> workers lost with it
 inline constexpr const char* kSweepsKey = "simq:sweeps";  // ZSET id -> created_at
 inline constexpr const char* kActiveKey = "simq:active";  // SET  unfinished sweep ids
 inline constexpr const char* kBrokerKey = "simq:broker";  // STRING broker status JSON
@@ -38,36 +40,63 @@ struct SweepInfo {
   std::string id;
   std::string name;
   std::string kernel;
-  std::string status;  // "running" or "done"
+  std::string status;  // "running", "done" or "cancelled"
   std::string spec;    // SweepSpec::to_json() as text
   uint64_t total = 0;
   uint64_t succeeded = 0;
   uint64_t failed = 0;
-  double created_at = 0;   // unix seconds
-  double finished_at = 0;  // unix seconds, 0 while running
-  uint64_t ttl_s = 0;      // records expire this long after the sweep finished; 0 = never
+  uint64_t cancelled = 0;   // jobs with a "cancelled" record (jobs of a cancelled sweep that
+                            // never ran have no record at all)
+  uint64_t fenced = 0;      // results refused because a newer attempt owned the job
+  uint64_t duplicates = 0;  // results refused because the job had a terminal record already
+  double created_at = 0;    // unix seconds
+  double finished_at = 0;   // unix seconds, 0 while running
+  uint64_t ttl_s = 0;       // records expire this long after the sweep finished; 0 = never
 
-  uint64_t done() const { return succeeded + failed; }
+  uint64_t done() const { return succeeded + failed + cancelled; }
+  // Jobs that will never run: a cancelled sweep's jobs without a record.
+  uint64_t unrun() const { return status == "cancelled" && total > done() ? total - done() : 0; }
 };
 
 // A job that started or finished, with its record as JSON text (docs/redis-schema.md).
 struct JobWrite {
-  JobRef job;
-  bool ok = true;      // finished: succeeded or failed; unused for running marks
-  std::string record;  // JSON object
+  JobRef job;              // job.attempt is the fencing token of the write
+  bool ok = true;          // finished: succeeded or failed; unused for running marks
+  std::string record;      // JSON object
+  bool cancelled = false;  // finished: stopped by `simq cancel` (status "cancelled")
+
+  const char* status() const { return cancelled ? "cancelled" : ok ? "succeeded" : "failed"; }
 };
+
+// A job queued again with a new attempt number (its fence).
+struct Requeue {
+  JobRef job;           // the job with the attempt it will run as
+  std::string lost_on;  // the worker it was lost with ("host:pid"); "" if it was not lost
+};
+
+// The workers a job was lost with (docs/redis-schema.md, the lost hash).
+struct LostRecord {
+  uint32_t count = 0;    // times a worker running it was declared dead
+  std::string worker;    // the last of them
+  uint32_t attempt = 0;  // the attempt that worker was running
+};
+
+enum class CancelOutcome { kCancelled, kNotRunning, kNoSweep };
 
 struct FinishCounts {
   uint64_t stored = 0;      // new terminal records
   uint64_t duplicates = 0;  // a terminal record existed already: discarded
   uint64_t orphans = 0;     // the sweep does not exist (expired or never recorded): discarded
+  uint64_t fenced = 0;      // written by an attempt older than the job's fence: discarded
 };
 
 struct StreamEvent {
   std::string id;           // stream entry id
   uint64_t index = 0;       // job index
   bool ok = true;           // succeeded
-  bool sweep_done = false;  // the final entry: every job has a terminal record
+  bool sweep_done = false;  // the final entry: every job has a terminal record, or (with
+                            // `cancelled`) the sweep was cancelled
+  bool cancelled = false;   // the final entry says the sweep was cancelled
 };
 
 class Store {
@@ -87,12 +116,22 @@ class Store {
   std::vector<std::string> active_sweeps();
 
   // Running marks, one pipelined round trip for the batch (one script per sweep). No mark is
-  // set for a job that already has a terminal record or whose sweep is not recorded.
+  // set for a job that already has a terminal record, whose sweep is not recorded, or whose
+  // fence is above job.attempt.
   void mark_running(const std::vector<JobWrite>& jobs);
 
   // Terminal records: one atomic script per sweep in the batch, all pipelined. A record is
-  // stored only if the job has none yet; counters and the stream are updated with it.
+  // stored only if the job has none yet and job.attempt is not below its fence; counters and
+  // the stream are updated with it.
   FinishCounts finish(const std::vector<JobWrite>& jobs);
+
+  // Before jobs run again with a higher attempt: raises their fences (so the older attempts'
+  // results are refused) and counts the losses. Pipelined, one script per sweep.
+  void requeue(const std::vector<Requeue>& jobs);
+  std::optional<LostRecord> lost_record(const std::string& sweep, uint64_t index);
+
+  // Marks a running sweep cancelled (status, active set, a final stream entry, expiry).
+  CancelOutcome cancel_sweep(const std::string& id);
 
   std::optional<std::string> job_record(const std::string& sweep, uint64_t index);
   std::optional<std::string> running_record(const std::string& sweep, uint64_t index);
@@ -129,6 +168,8 @@ class Store {
   std::string create_sha_;
   std::string running_sha_;
   std::string finish_sha_;
+  std::string requeue_sha_;
+  std::string cancel_sha_;
 };
 
 }  // namespace simq

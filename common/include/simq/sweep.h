@@ -36,11 +36,36 @@ struct Axis {
   bool operator==(const Axis&) const = default;
 };
 
+// A per-job limit: a number for every job of the sweep, or the name of one of the sweep's
+// parameters (constant or varied) whose value, job by job, is the limit.
+struct JobLimit {
+  double value = 0;   // used when `param` is empty
+  std::string param;  // per job: the value of this parameter
+
+  bool operator==(const JobLimit&) const = default;
+};
+
+// How the jobs of a sweep are retried and limited (the sweep file's [options] table).
+struct SweepOptions {
+  static constexpr uint32_t kMaxAttempts = 100;
+
+  JobLimit max_attempts{3, ""};  // runs of one job at most, 1..kMaxAttempts; a worker lost while
+                                 // running it counts as one
+  JobLimit timeout_s{0, ""};     // a job running longer is stopped and ends failed; 0 = none
+  double backoff_s = 1.0;        // delay before the first retry of a failed job, seconds
+  double backoff_max_s = 60.0;   // the delay doubles per attempt up to this, then jitter 50-100%
+  bool retry_errors = false;     // retry jobs whose kernel failed (not only lost workers and
+                                 // errors the kernel marks retryable)
+
+  bool operator==(const SweepOptions&) const = default;
+};
+
 struct SweepSpec {
   std::string name;              // optional label shown by `simq status`; "" if none
   std::string kernel;            // kernel name, e.g. "fib"
   Json params = Json::object();  // constant parameters
   std::vector<Axis> grid;        // varied parameters, in file order; empty = one job
+  SweepOptions options;          // retries and time limits
 
   // Number of jobs: product of axis sizes (1 if there are no axes).
   uint64_t total() const;
@@ -48,6 +73,11 @@ struct SweepSpec {
   // Parameters of job `index`: the constants plus one value per axis, the last axis varying
   // fastest (like nested for-loops in file order). Precondition: index < total().
   Json params_at(uint64_t index) const;
+
+  // The limits of one job, from its params (params_at(index)). A per-job limit whose parameter
+  // is not a number in range throws ConfigError naming the parameter.
+  uint32_t max_attempts_of(const Json& job_params) const;
+  double timeout_of(const Json& job_params) const;  // seconds, 0 = none
 
   // Normalized form, stored in Redis and sent in SUBMIT; from_json(to_json()) is identity.
   Json to_json() const;
