@@ -694,6 +694,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
     // Every job taken ends in exactly one report (a DONE) unless a stop hands it back: a job
     // left without one would stay in flight on the broker, and busy after a reconnection.
     const std::stop_token job_stop = running_.take(slot, *job);
+    if (stop.stop_requested()) running_.stop_unstarted();  // a stop came between pop and take
     Outcome outcome;
     try {
       outcome = run_job(slot, *job, job_stop);
@@ -930,6 +931,7 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
                              std::chrono::duration<double>(timeout_s));
     }
     if (!running_.start_kernel(slot, deadline)) return stopped_before_start(slot, job);
+    spdlog::debug("job {}: kernel '{}' started (attempt {})", id, kernel_name, job.attempt);
     try {
       result = kernel->run(params, KernelContext{job, stop});
       if (!result.is_object()) {
