@@ -663,6 +663,28 @@ TEST(Worker, StopPastTheGraceHandsRunningJobsBack) {
   EXPECT_THAT(worker.log(), HasSubstr("1 handed back"));
 }
 
+TEST(Worker, ASecondStopSignalStopsRunningJobsAtOnce) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep = record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [10]\n");
+  Served worker(redis, dir, 1, 30000);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 1}});
+  ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
+
+  worker.process.signal(SIGTERM);
+  ASSERT_TRUE(wait_until([&] { return worker.log().find("stopping:") != std::string::npos; }, 5s))
+      << worker.log();
+  const auto start = std::chrono::steady_clock::now();
+  worker.process.signal(SIGTERM);
+  const auto bye = worker.broker.next(5s);
+  ASSERT_TRUE(bye) << worker.log();
+  EXPECT_EQ(bye->command, "BYE") << worker.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1500ms) << "not the 30 s grace";
+  EXPECT_EQ(worker.process.wait(5s), 0) << worker.log();
+  EXPECT_TRUE(record_of(redis, sweep, 0).is_null());
+}
+
 TEST(Worker, AResultOfAStaleAttemptIsNotStored) {
   RedisServer redis;
   TempDir dir;
