@@ -45,10 +45,10 @@ struct WorkerOptions {
   int redis_retry_max_ms = 2000;  // longest wait between Redis retries, in ms
   size_t max_result_bytes = size_t{16} << 20;  // a larger job record fails the job; 0 = no limit
   size_t max_cached_sweeps = 256;  // sweep specs kept in memory; 0 = fetch for every job
-  int stop_grace_ms = 30000;       // how long a stop lets running jobs finish and their results
-                              // reach Redis, in ms from the stop request; kernels still running
-                              // are then stopped and unwritten results abandoned (the broker runs
-                              // those jobs again); 0 = do not wait; >= 0
+  // How long a stop lets running jobs finish and their results reach Redis, in ms from the
+  // stop request; kernels still running are then stopped and unwritten results abandoned (the
+  // broker runs those jobs again); 0 = do not wait; >= 0.
+  int stop_grace_ms = 30000;
 };
 
 // Counters for logs and tests. Each is read and written atomically.
@@ -115,7 +115,7 @@ class Worker {
     // be reported DONE).
     std::vector<JobRef> take_sweep(const std::string& sweep);
     uint64_t taken() const { return taken_.load(); }
-    // `jobs` taken jobs were reported DONE to the broker, or cancelled (never reported).
+    // `jobs` taken jobs were reported DONE to the broker, or handed back (never reported).
     void settled(uint64_t jobs);
 
    private:
@@ -145,8 +145,9 @@ class Worker {
     void push_marks(std::vector<JobWrite> marks);
     void push_finished(JobWrite finished);
     void push_retry(JobWrite mark, uint64_t retry_after_ms);
-    // Stopping: running marks are useless once their jobs are cancelled or dropped, so the
-    // queued ones go, later ones are ignored, and take*() empty the writer's `marks` too.
+    // Stopping: running marks are useless once their jobs are left to the broker, and only
+    // informative for the jobs finishing in the grace, so the queued ones go, later ones are
+    // ignored, and take*() empty the writer's `marks` too.
     void drop_marks();
     void close();  // no more items: the writer flushes what it has and says so
     // Waits until something is queued or the queue is closed; moves everything queued to the
