@@ -195,7 +195,10 @@ void LocalCluster::start_workers(const std::string& program) {
     workers_.push_back(Child{fmt::format("simq-worker {}", i),
                              std::make_unique<ChildProcess>(std::vector<std::string>{
                                  program, "--broker", backend_, "--redis", redis_url_, "--slots",
-                                 std::to_string(slots_), "--log-level", options_.log_level})});
+                                 std::to_string(slots_), "--log-level", options_.log_level,
+                                 // The whole cluster, Redis too, is going away: results of
+                                 // jobs still running would have nowhere to go.
+                                 "--stop-grace-ms", "0"})});
   }
   BrokerClient client(frontend_);
   const auto deadline = Clock::now() + options_.start_timeout;

@@ -39,6 +39,7 @@ constexpr milliseconds kIdlePoll(100);     // longest poll: how soon a stop sign
 constexpr milliseconds kStoppingPoll(20);  // poll while waiting for slots to finish
 constexpr milliseconds kPairSendTimeout(100);
 constexpr int kFinalLingerMs = 2000;          // how long the last DONE and BYE may take to leave
+constexpr int kForcedLingerMs = 200;          // the same after a second stop signal
 constexpr size_t kMaxMissingSweeps = 1024;    // sweep ids remembered as missing from Redis
 constexpr size_t kMaxCancelledSweeps = 1024;  // sweep ids remembered as cancelled
 // After a stop, once the slots are done: how long results may still take to reach Redis,
@@ -664,8 +665,9 @@ int Worker::run() {
   if (connection.socket) {
     send_done(connection);
     send(connection, Command::kBye, encode_empty());
-    // Closing with linger 0 would drop the last DONE and the BYE still in the socket's queue.
-    if (!forced) connection.socket->set(zmq::sockopt::linger, kFinalLingerMs);
+    // Closing with linger 0 would drop the last DONE and the BYE still in the socket's queue;
+    // even a forced stop gives them a moment, so the broker requeues at once.
+    connection.socket->set(zmq::sockopt::linger, forced ? kForcedLingerMs : kFinalLingerMs);
   }
   connection.socket.reset();
   if (!forced) {

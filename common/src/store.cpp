@@ -32,11 +32,11 @@ return 1
 // keep a sweep in one slot later.
 
 // KEYS: sweep record, jobs hash, running hash, fence hash.
-// ARGV: (index, attempt, mark) per job. A mark is only set for a job of a recorded sweep that
+// ARGV: (index, attempt, mark) per job. A mark is only set for a job of a running sweep that
 // has no terminal record yet, by its current attempt, so a late re-dispatch or a presumed-dead
 // worker never leaves a stale mark behind.
 constexpr const char* kRunningScript = R"lua(
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 local marked = 0
 for i = 1, #ARGV, 3 do
   local fence = tonumber(redis.call('HGET', KEYS[4], ARGV[i]) or '1')
@@ -137,6 +137,9 @@ if h[1] ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'cancelled_at', ARGV[2])
 redis.call('SREM', KEYS[5], ARGV[1])
 redis.call('XADD', KEYS[4], '*', 'sweep', 'cancelled')
+-- Nothing of the sweep is running from now on as far as readers are concerned: jobs that
+-- were end with a record of their own, the others never run.
+redis.call('DEL', KEYS[3])
 local ttl = tonumber(h[2])
 if ttl and ttl > 0 then
   for _, k in ipairs({1, 2, 3, 4, 6, 7}) do redis.call('EXPIRE', KEYS[k], ttl) end
