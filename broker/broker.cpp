@@ -23,6 +23,9 @@ int64_t now_ms() {
       .count();
 }
 
+// Longest retry delay a worker may ask for (an hour): bounds how long a retry waits here.
+constexpr uint64_t kMaxRetryDelayMs = 3'600'000;
+
 // Logs the first few refusals of a kind, then one in a thousand: a flood of garbage must
 // not become a flood of log lines.
 bool worth_logging(uint64_t count) { return count <= 10 || count % 1000 == 0; }
@@ -104,7 +107,8 @@ void Broker::recover_sweep(const std::string& id) {
     running.push_back(JobRef{id, *index, last + 1});
   });
   for (const auto& job : running) {
-    dispatcher_.add_job(job);
+    // Their workers may still be running them: a new attempt, fenced before it is dispatched.
+    unfenced_.push_back(Requeue{job, ""});
     taken.push_back(job.index);
   }
   std::sort(taken.begin(), taken.end());
@@ -136,6 +140,9 @@ void Broker::on_frontend(const Envelope& message) {
     case Command::kSubmit:
       on_submit(message);
       return;
+    case Command::kCancel:
+      on_cancel(message);
+      return;
     case Command::kPing: {
       const auto ping = decode_ping(message.body);
       uint64_t slots = 0;
@@ -165,11 +172,21 @@ void Broker::on_submit(const Envelope& message) {
     refuse(frontend_, message.identity, submit.req, "bad_spec", e.what());
     return;
   }
+  if (dispatcher_.queued() >= options_.max_queued) {
+    // Back-pressure: nothing is recorded, so nothing is lost; the client waits and resends.
+    ++counters_.queue_full;
+    refuse(frontend_, message.identity, submit.req, "queue_full",
+           fmt::format("the broker has {} jobs queued, its limit (--max-queued {}); retry later",
+                       dispatcher_.queued(), options_.max_queued));
+    return;
+  }
   bool created = false;
   try {
     created = store_.create_sweep(submit.sweep_id, spec, options_.result_ttl_s);
+    redis_answered();
   } catch (const Error& e) {
     // Not recorded, so not acknowledged: the client retries.
+    redis_failed(e);
     spdlog::warn("cannot record sweep {}: {}", submit.sweep_id, e.what());
     refuse(
         frontend_, message.identity, submit.req, "store_unavailable",
@@ -188,12 +205,67 @@ void Broker::on_submit(const Envelope& message) {
   }
 }
 
+void Broker::on_cancel(const Envelope& message) {
+  const auto cancel = decode_cancel(message.body);
+  const std::string& id = cancel.sweep_id;
+  CancelOutcome outcome = CancelOutcome::kNoSweep;
+  try {
+    outcome = store_.cancel_sweep(id);
+    redis_answered();
+  } catch (const Error& e) {
+    redis_failed(e);
+    refuse(
+        frontend_, message.identity, cancel.req, "store_unavailable",
+        fmt::format("cannot cancel the sweep in Redis at {}: {}", options_.redis.url(), e.what()));
+    return;
+  }
+  CancelledMsg reply{cancel.req, id, "no_sweep", 0, 0};
+  if (outcome != CancelOutcome::kNoSweep) {
+    // Whatever Redis said, nothing of the sweep may run again.
+    remember_cancelled(id);
+    reply.dropped = dispatcher_.drop_sweep(id);
+    reply.dropped += std::erase_if(unfenced_, [&](const Requeue& r) { return r.job.sweep == id; });
+    decltype(delayed_) kept;
+    for (; !delayed_.empty(); delayed_.pop()) {
+      if (delayed_.top().second.sweep == id) {
+        ++reply.dropped;
+      } else {
+        kept.push(delayed_.top());
+      }
+    }
+    delayed_ = std::move(kept);
+    reply.running = dispatcher_.in_flight_of(id);
+    reply.outcome = outcome == CancelOutcome::kCancelled ? "cancelled" : "not_running";
+    std::vector<WorkerId> workers;
+    for (const auto& [worker, info] : workers_) workers.push_back(worker);
+    const std::string stop = encode(CancelMsg{0, id});
+    for (const auto& worker : workers) send_to_worker(worker, Command::kCancel, stop);
+  }
+  if (outcome == CancelOutcome::kCancelled) {
+    ++counters_.cancelled;
+    spdlog::info("sweep {} cancelled: {} queued jobs dropped, {} running asked to stop", id,
+                 reply.dropped, reply.running);
+  }
+  if (!send(frontend_, Command::kCancelled, encode(reply), &message.identity)) {
+    ++counters_.unroutable;
+  }
+}
+
+void Broker::remember_cancelled(const std::string& sweep) {
+  if (!cancelled_.insert(sweep).second) return;
+  cancelled_order_.push_back(sweep);
+  if (cancelled_order_.size() > kRememberedCancels) {
+    cancelled_.erase(cancelled_order_.front());
+    cancelled_order_.pop_front();
+  }
+}
+
 void Broker::on_backend(const Envelope& message) {
   const auto& worker = message.identity;
   const int64_t now = now_ms();
   if (message.command == Command::kHello) {
     const auto hello = decode_hello(message.body);
-    if (dispatcher_.has_worker(worker)) drop_worker(worker, "said HELLO again");
+    if (dispatcher_.has_worker(worker)) drop_worker(worker, "said HELLO again", true);
     dispatcher_.add_worker(worker, hello.slots, hello.busy);
     workers_[worker] = WorkerInfo{hello.name, hello.slots};
     liveness_.touch(worker, now);
@@ -216,7 +288,17 @@ void Broker::on_backend(const Envelope& message) {
       const auto done = decode_done(message.body);
       liveness_.touch(worker, now);
       for (const auto& job : done.jobs) {
-        if (dispatcher_.complete(worker, job.job)) continue;
+        if (dispatcher_.complete(worker, job.job)) {
+          if (job.retry_after_ms) {
+            // A retryable failure, no record written: the next attempt after the delay.
+            ++counters_.retries;
+            const auto delay =
+                static_cast<int64_t>(std::min<uint64_t>(*job.retry_after_ms, kMaxRetryDelayMs));
+            delayed_.emplace(now + delay,
+                             JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
+          }
+          continue;
+        }
         // Not in flight here: a job of the worker's earlier session (frees a busy slot),
         // or a late or duplicate report.
         if (!dispatcher_.release_busy(worker)) ++counters_.late_done;
@@ -228,7 +310,7 @@ void Broker::on_backend(const Envelope& message) {
       liveness_.touch(worker, now);
       return;
     case Command::kBye:
-      drop_worker(worker, "said BYE");
+      drop_worker(worker, "said BYE", false);
       return;
     default:
       ++counters_.malformed;
@@ -243,18 +325,71 @@ void Broker::send_to_worker(const WorkerId& worker, Command command, const std::
     return;
   }
   ++counters_.unroutable;
-  if (dispatcher_.has_worker(worker)) drop_worker(worker, "is unreachable");
+  if (dispatcher_.has_worker(worker)) drop_worker(worker, "is unreachable", true);
 }
 
-void Broker::drop_worker(const WorkerId& worker, const char* why) {
-  const auto jobs = dispatcher_.remove_worker(worker);
-  counters_.requeued += jobs.size();
-  liveness_.forget(worker);
+void Broker::drop_worker(const WorkerId& worker, const std::string& why, bool lost) {
   const auto it = workers_.find(worker);
   const std::string name = it == workers_.end() ? worker : it->second.name;
+  // A lost worker's jobs run again as a new attempt, fenced first so that whatever the old
+  // attempt still writes is refused; jobs handed back (BYE) were never finished: same attempt.
+  const auto jobs = dispatcher_.remove_worker(
+      worker, lost ? Dispatcher::Handback::kHeld : Dispatcher::Handback::kReturned);
+  if (lost) {
+    for (const auto& job : jobs) unfenced_.push_back(Requeue{job, name});
+  }
+  counters_.requeued += jobs.size();
+  liveness_.forget(worker);
   if (it != workers_.end()) workers_.erase(it);
   spdlog::log(jobs.empty() ? spdlog::level::info : spdlog::level::warn,
-              "worker {} {}: {} jobs in flight requeued", name, why, jobs.size());
+              "worker {} {}: {} jobs in flight requeued{}", name, why, jobs.size(),
+              lost && !jobs.empty() ? " as their next attempt" : "");
+  fence_pending();
+}
+
+void Broker::fence_pending() {
+  if (unfenced_.empty() || now_ms() < next_fence_try_) return;
+  std::erase_if(unfenced_, [&](const Requeue& r) { return cancelled_.contains(r.job.sweep); });
+  try {
+    store_.requeue(unfenced_);
+    redis_answered();
+  } catch (const Error& e) {
+    redis_failed(e);
+    spdlog::warn("cannot fence {} jobs in Redis at {}: {}; they wait, retrying in 1 s",
+                 unfenced_.size(), options_.redis.url(), e.what());
+    next_fence_try_ = now_ms() + 1000;
+    return;
+  }
+  std::vector<JobRef> jobs;
+  jobs.reserve(unfenced_.size());
+  for (auto& r : unfenced_) jobs.push_back(std::move(r.job));
+  unfenced_.clear();
+  dispatcher_.requeue_front(jobs);
+}
+
+void Broker::release_due_retries(int64_t now) {
+  while (!delayed_.empty() && delayed_.top().first <= now) {
+    unfenced_.push_back(Requeue{delayed_.top().second, ""});
+    delayed_.pop();
+  }
+}
+
+void Broker::redis_failed(const Error& error) {
+  if (dynamic_cast<const ConnectError*>(&error) == nullptr) return;  // Redis answered
+  outage_.last_error = error.what();
+  if (outage_.since != 0) return;
+  outage_.since = unix_time();
+  ++outage_.outages;
+  spdlog::warn("Redis at {} is unreachable ({}); queued and running jobs are kept, retrying",
+               options_.redis.url(), error.what());
+}
+
+void Broker::redis_answered() {
+  if (outage_.since == 0) return;
+  outage_.last_seconds = unix_time() - outage_.since;
+  outage_.since = 0;
+  spdlog::info("Redis at {} is reachable again after {:.1f} s", options_.redis.url(),
+               outage_.last_seconds);
 }
 
 void Broker::dispatch() {
@@ -271,9 +406,10 @@ void Broker::dispatch() {
 void Broker::heartbeat(int64_t now) {
   for (const auto& worker : liveness_.expire(now)) {
     ++counters_.workers_lost;
-    drop_worker(worker, fmt::format("missed heartbeats for {} ms",
-                                    options_.heartbeat_ms * options_.liveness)
-                            .c_str());
+    drop_worker(
+        worker,
+        fmt::format("missed heartbeats for {} ms", options_.heartbeat_ms * options_.liveness),
+        true);
   }
   for (const auto& worker : liveness_.due_heartbeats(now)) {
     if (!send(backend_, Command::kHeartbeat, encode_empty(), &worker)) ++counters_.unroutable;
@@ -283,23 +419,43 @@ void Broker::heartbeat(int64_t now) {
 void Broker::publish_status() {
   Json workers = Json::array();
   for (const auto& [id, info] : workers_) {
-    workers.push_back(
-        {{"name", info.name}, {"slots", info.slots}, {"in_flight", dispatcher_.in_flight(id)}});
+    workers.push_back({{"name", info.name},
+                       {"slots", info.slots},
+                       {"in_flight", dispatcher_.in_flight(id)},
+                       {"busy", dispatcher_.busy(id)}});
   }
-  const Json status = {{"frontend", frontend_endpoint_},         {"backend", backend_endpoint_},
-                       {"workers", std::move(workers)},          {"queued", dispatcher_.queued()},
-                       {"in_flight", dispatcher_.in_flight()},   {"malformed", counters_.malformed},
-                       {"unroutable", counters_.unroutable},     {"late_done", counters_.late_done},
-                       {"workers_lost", counters_.workers_lost}, {"requeued", counters_.requeued},
-                       {"submitted", counters_.submitted},       {"updated_at", unix_time()}};
+  const Json status = {{"frontend", frontend_endpoint_},
+                       {"backend", backend_endpoint_},
+                       {"workers", std::move(workers)},
+                       {"queued", dispatcher_.queued()},
+                       {"in_flight", dispatcher_.in_flight()},
+                       {"malformed", counters_.malformed},
+                       {"unroutable", counters_.unroutable},
+                       {"late_done", counters_.late_done},
+                       {"workers_lost", counters_.workers_lost},
+                       {"requeued", counters_.requeued},
+                       {"submitted", counters_.submitted},
+                       {"updated_at", unix_time()},
+                       {"retries", counters_.retries},
+                       {"queue_full", counters_.queue_full},
+                       {"cancelled", counters_.cancelled},
+                       {"max_queued", options_.max_queued},
+                       {"unfenced", unfenced_.size()},
+                       {"delayed", delayed_.size()},
+                       {"redis_outage",
+                        {{"since", outage_.since},
+                         {"last_seconds", outage_.last_seconds},
+                         {"outages", outage_.outages},
+                         {"last_error", outage_.last_error}}}};
   try {
     status_store_.put_broker_status(
         status, std::chrono::milliseconds(options_.heartbeat_ms * options_.liveness));
-    if (status_unpublished_) spdlog::info("Redis at {} is reachable again", options_.redis.url());
     status_unpublished_ = false;
+    redis_answered();
   } catch (const Error& e) {
     if (!status_unpublished_) spdlog::warn("cannot publish status: {}", e.what());
     status_unpublished_ = true;
+    redis_failed(e);
   }
 }
 
@@ -313,7 +469,9 @@ void Broker::run() {
   int64_t next_tick = now_ms();
   int64_t next_status = next_tick;
   while (!stop_requested()) {
-    const int64_t wait = std::max<int64_t>(0, next_tick - now_ms());
+    int64_t due = next_tick;
+    if (!delayed_.empty()) due = std::min(due, delayed_.top().first);
+    const int64_t wait = std::max<int64_t>(0, due - now_ms());
     try {
       zmq::poll(items, 2, std::chrono::milliseconds(wait));
     } catch (const zmq::error_t& e) {
@@ -358,6 +516,8 @@ void Broker::run() {
       }
       if (!any) break;
     }
+    release_due_retries(now_ms());
+    fence_pending();
     dispatch();
     const int64_t now = now_ms();
     if (now >= next_tick) {

@@ -5,12 +5,17 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <queue>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
+#include <vector>
 #include <zmq.hpp>
 
 #include "dispatcher.h"
 #include "liveness.h"
+#include "simq/errors.h"
 #include "simq/protocol.h"
 #include "simq/store.h"
 
@@ -25,6 +30,8 @@ struct BrokerOptions {
   uint64_t result_ttl_s = kDefaultResultTtlSeconds;  // records expire this long after a sweep
                                                      // finishes; 0 = never
   uint32_t max_batch = 256;                          // most jobs in one DISPATCH
+  uint64_t max_queued = 1'000'000;  // SUBMIT is refused (queue_full) while this many jobs
+                                    // wait; a sweep is admitted whole (ranges cost O(1))
 };
 
 // What went wrong with traffic, for logs and `simq status`.
@@ -35,6 +42,17 @@ struct BrokerCounters {
   uint64_t workers_lost = 0;  // workers dropped for missed heartbeats
   uint64_t requeued = 0;      // jobs returned to the queue from lost workers
   uint64_t submitted = 0;     // sweeps recorded and queued
+  uint64_t retries = 0;       // jobs a worker asked to run again (retryable failures)
+  uint64_t queue_full = 0;    // SUBMITs refused because --max-queued jobs were waiting
+  uint64_t cancelled = 0;     // sweeps cancelled
+};
+
+// Redis outages as the broker saw them, for `simq status` once Redis is back.
+struct RedisOutage {
+  double since = 0;         // unix time the current outage began; 0 = Redis answers
+  double last_seconds = 0;  // how long the last finished outage lasted
+  uint64_t outages = 0;     // outages seen since the broker started
+  std::string last_error;   // the last error Redis gave
 };
 
 class Broker {
@@ -64,7 +82,15 @@ class Broker {
   void refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
               const std::string& code, const std::string& message);
   void send_to_worker(const WorkerId& worker, Command command, const std::string& body);
-  void drop_worker(const WorkerId& worker, const char* why);
+  void on_cancel(const Envelope& message);
+  void remember_cancelled(const std::string& sweep);
+  void drop_worker(const WorkerId& worker, const std::string& why, bool lost);
+  // Raises the fences of jobs about to run with a new attempt, then queues them at the front.
+  // While Redis does not answer they wait here (not dispatched), retried every tick.
+  void fence_pending();
+  void release_due_retries(int64_t now);
+  void redis_failed(const Error& error);
+  void redis_answered();
   void dispatch();
   void heartbeat(int64_t now_ms);
   void publish_status();
@@ -82,7 +108,25 @@ class Broker {
   Liveness liveness_;
   std::unordered_map<WorkerId, WorkerInfo> workers_;
   BrokerCounters counters_;
+  RedisOutage outage_;
   bool status_unpublished_ = false;  // the last status snapshot could not be written
+
+  // Jobs that will run as a higher attempt once their fence is in Redis (lost workers,
+  // recovered running jobs, retries whose delay is over), oldest first.
+  std::vector<Requeue> unfenced_;
+  int64_t next_fence_try_ = 0;  // steady ms; backoff while Redis does not answer
+
+  // Retries waiting for their delay, soonest first: (due, steady ms; job as its next attempt).
+  using Delayed = std::pair<int64_t, JobRef>;
+  struct Later {
+    bool operator()(const Delayed& a, const Delayed& b) const { return a.first > b.first; }
+  };
+  std::priority_queue<Delayed, std::vector<Delayed>, Later> delayed_;
+
+  // Recently cancelled sweeps: their jobs are never queued again (a lost worker's, a retry).
+  static constexpr size_t kRememberedCancels = 10000;
+  std::unordered_set<std::string> cancelled_;
+  std::deque<std::string> cancelled_order_;
 };
 
 }  // namespace simq

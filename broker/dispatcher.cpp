@@ -54,7 +54,7 @@ bool Dispatcher::release_busy(const WorkerId& worker) {
 
 bool Dispatcher::has_worker(const WorkerId& worker) const { return worker_index_.contains(worker); }
 
-std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker) {
+std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker, Handback how) {
   auto known = worker_index_.find(worker);
   if (known == worker_index_.end()) return {};
   auto w = known->second;
@@ -66,9 +66,9 @@ std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker) {
   for (InFlightEntry* entry = w->newest; entry != nullptr;) {
     InFlightEntry* older = entry->second.prev;
     const JobKey key = entry->first;
-    const uint32_t attempt = entry->second.attempt + 1;
+    const uint32_t attempt = entry->second.attempt + (how == Handback::kReturned ? 0 : 1);
     requeued[--slot] = JobRef{sweeps_[key.sweep].name, key.index, attempt};
-    push_front(key.sweep, key.index, attempt);
+    if (how != Handback::kHeld) push_front(key.sweep, key.index, attempt);
     untrack(in_flight_.find(key));
     entry = older;
   }
@@ -78,6 +78,12 @@ std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker) {
   worker_index_.erase(known);
   (w->served ? served_ : unserved_).erase(w);
   return requeued;
+}
+
+void Dispatcher::requeue_front(const std::vector<JobRef>& jobs) {
+  for (auto job = jobs.rbegin(); job != jobs.rend(); ++job) {
+    push_front(intern(job->sweep), job->index, job->attempt);
+  }
 }
 
 bool Dispatcher::complete(const WorkerId& worker, const JobRef& job) {
@@ -153,6 +159,20 @@ uint64_t Dispatcher::drop_sweep(const std::string& sweep) {
 }
 
 uint64_t Dispatcher::queued() const { return queued_; }
+
+uint32_t Dispatcher::busy(const WorkerId& worker) const {
+  auto known = worker_index_.find(worker);
+  return known == worker_index_.end() ? 0 : known->second->busy;
+}
+
+uint64_t Dispatcher::in_flight_of(const std::string& sweep) const {
+  const auto known = sweep_handles_.find(sweep);
+  if (known == sweep_handles_.end()) return 0;
+  uint64_t count = 0;
+  for (const auto& [key, record] : in_flight_)
+    if (key.sweep == known->second) ++count;
+  return count;
+}
 
 uint64_t Dispatcher::in_flight() const { return in_flight_.size(); }
 

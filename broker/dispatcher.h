@@ -37,9 +37,21 @@ class Dispatcher {
   void add_worker(const WorkerId& worker, uint32_t credit, uint32_t busy = 0);
   bool has_worker(const WorkerId& worker) const;
 
-  // A worker is gone (missed heartbeats, BYE). Its in-flight jobs go back to the FRONT of
-  // the queue with attempt+1, in the order they were dispatched; they are returned too.
-  std::vector<JobRef> remove_worker(const WorkerId& worker);
+  // What happens to the jobs in flight on a worker that is removed.
+  enum class Handback {
+    kLost,      // it died running them: FRONT of the queue with attempt+1
+    kReturned,  // it handed them back unfinished (BYE): FRONT of the queue, same attempt
+    kHeld,      // it died, but the caller must fence attempt+1 first: not queued (see
+                // requeue_front)
+  };
+
+  // A worker is gone (missed heartbeats, BYE). Its in-flight jobs are returned, in the order
+  // they were dispatched, with the attempt they will run as, and queued as `how` says.
+  std::vector<JobRef> remove_worker(const WorkerId& worker, Handback how = Handback::kLost);
+
+  // Queues jobs at the FRONT of the queue, in the order given, with their attempts as given
+  // (held jobs once their fences are up, retries once their delay is over).
+  void requeue_front(const std::vector<JobRef>& jobs);
 
   // A worker reports a job finished. Returns false (and changes nothing) if that job is not
   // in flight on that worker with that attempt: a late or duplicate report.
@@ -54,12 +66,15 @@ class Dispatcher {
   std::vector<Assignment> dispatch(uint32_t max_batch);
 
   // Drops every queued job of a sweep (not those in flight). Returns how many.
+  // in_flight_of(sweep) counts its jobs still in flight.
   uint64_t drop_sweep(const std::string& sweep);
 
   uint64_t queued() const;     // jobs waiting, ranges counted by their length
   uint64_t in_flight() const;  // jobs dispatched and not completed
   uint32_t free_credit(const WorkerId& worker) const;  // 0 for unknown workers
   uint32_t in_flight(const WorkerId& worker) const;    // 0 for unknown workers
+  uint32_t busy(const WorkerId& worker) const;  // slots still held by earlier jobs; 0 if unknown
+  uint64_t in_flight_of(const std::string& sweep) const;
   size_t workers() const;
 
  private:

@@ -34,6 +34,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-batch", options.max_batch, "most jobs in one DISPATCH message")
       ->check(CLI::Range(1, 100000))
       ->capture_default_str();
+  app.add_option("--max-queued", options.max_queued,
+                 "jobs waiting in the queue at which SUBMIT is refused with queue_full (clients "
+                 "wait and resend); bounds the broker's memory")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40))
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
   try {

@@ -311,6 +311,50 @@ TEST(Dispatcher, RequeuesLostWorkersJobsAtTheFrontWithNextAttempt) {
                                                             {"t", 0, 1}}));
 }
 
+TEST(Dispatcher, HandedBackJobsKeepTheirAttemptAndGoFirst) {
+  Dispatcher d;
+  d.add_worker("a", 2);
+  d.add_range("s", 0, 5);
+  ASSERT_EQ(jobs_of(d.dispatch(2), "a"), (std::vector<JobRef>{{"s", 0, 1}, {"s", 1, 1}}));
+  // BYE: never finished, so no attempt was used up.
+  EXPECT_EQ(d.remove_worker("a", Dispatcher::Handback::kReturned),
+            (std::vector<JobRef>{{"s", 0, 1}, {"s", 1, 1}}));
+  EXPECT_EQ(d.queued(), 5u);
+  d.add_worker("b", 3);
+  EXPECT_EQ(jobs_of(d.dispatch(3), "b"),
+            (std::vector<JobRef>{{"s", 0, 1}, {"s", 1, 1}, {"s", 2, 1}}));
+}
+
+TEST(Dispatcher, HeldJobsWaitUntilRequeuedThenRunFirst) {
+  Dispatcher d;
+  d.add_worker("a", 2);
+  d.add_range("s", 0, 4);
+  ASSERT_EQ(jobs_of(d.dispatch(2), "a"), (std::vector<JobRef>{{"s", 0, 1}, {"s", 1, 1}}));
+  const auto held = d.remove_worker("a", Dispatcher::Handback::kHeld);
+  EXPECT_EQ(held, (std::vector<JobRef>{{"s", 0, 2}, {"s", 1, 2}}));
+  EXPECT_EQ(d.queued(), 2u) << "held jobs are not queued until their fences are up";
+  d.add_worker("b", 4);
+  EXPECT_EQ(jobs_of(d.dispatch(4), "b"), (std::vector<JobRef>{{"s", 2, 1}, {"s", 3, 1}}));
+  d.requeue_front(held);
+  EXPECT_EQ(d.queued(), 2u);
+  EXPECT_EQ(jobs_of(d.dispatch(4), "b"), (std::vector<JobRef>{{"s", 0, 2}, {"s", 1, 2}}));
+  EXPECT_EQ(d.in_flight_of("s"), 4u);
+  EXPECT_EQ(d.in_flight_of("t"), 0u);
+}
+
+TEST(Dispatcher, DropSweepLeavesOtherSweepsAndInFlightJobs) {
+  Dispatcher d;
+  d.add_worker("a", 1);
+  d.add_range("s", 0, 100);
+  d.add_range("t", 0, 3);
+  ASSERT_EQ(jobs_of(d.dispatch(1), "a"), (std::vector<JobRef>{{"s", 0, 1}}));
+  EXPECT_EQ(d.drop_sweep("s"), 99u);
+  EXPECT_EQ(d.queued(), 3u);
+  EXPECT_EQ(d.in_flight_of("s"), 1u);
+  ASSERT_TRUE(d.complete("a", JobRef{"s", 0, 1}));
+  EXPECT_EQ(jobs_of(d.dispatch(1), "a"), (std::vector<JobRef>{{"t", 0, 1}}));
+}
+
 TEST(Dispatcher, LateCompleteAfterRequeueIsRejected) {
   Dispatcher d;
   d.add_worker("a", 1);

@@ -760,3 +760,97 @@ TEST(SweepWireLimits, ASpecAtTheLimitsPassesTheBrokersDecoder) {
 
 }  // namespace
 }  // namespace simq
+
+namespace simq {
+namespace {
+
+TEST(SweepOptions, DefaultsWhenTheFileHasNone) {
+  const auto spec = from_toml("kernel = \"noop\"\n");
+  EXPECT_EQ(spec.options, SweepOptions{});
+  EXPECT_EQ(spec.max_attempts_of(spec.params_at(0)), 3u);
+  EXPECT_EQ(spec.timeout_of(spec.params_at(0)), 0.0);
+  EXPECT_FALSE(spec.to_json().contains("options")) << "default options are not written out";
+}
+
+TEST(SweepOptions, ReadFromTheFileAndSurviveTheRoundTrip) {
+  const auto spec = from_toml(R"(
+kernel = "sleep"
+[params]
+seconds = 1
+[options]
+max_attempts = 5
+timeout_s = 2.5
+backoff_s = 0.5
+backoff_max_s = 10
+retry_errors = true
+)");
+  EXPECT_EQ(spec.options.max_attempts.value, 5);
+  EXPECT_EQ(spec.options.timeout_s.value, 2.5);
+  EXPECT_EQ(spec.options.backoff_s, 0.5);
+  EXPECT_EQ(spec.options.backoff_max_s, 10);
+  EXPECT_TRUE(spec.options.retry_errors);
+  EXPECT_EQ(spec.max_attempts_of(spec.params_at(0)), 5u);
+  EXPECT_EQ(spec.timeout_of(spec.params_at(0)), 2.5);
+  EXPECT_EQ(SweepSpec::from_json(spec.to_json(), "again"), spec);
+}
+
+TEST(SweepOptions, ALimitMayNameAParameterAndThenVariesByJob) {
+  const auto spec = from_toml(R"(
+kernel = "sleep"
+[grid]
+walltime = [5, 600]
+tries = [1, 4]
+[options]
+timeout_s = "walltime"
+max_attempts = "tries"
+)");
+  EXPECT_EQ(spec.timeout_of(spec.params_at(0)), 5.0);
+  EXPECT_EQ(spec.timeout_of(spec.params_at(3)), 600.0);
+  EXPECT_EQ(spec.max_attempts_of(spec.params_at(0)), 1u);
+  EXPECT_EQ(spec.max_attempts_of(spec.params_at(1)), 4u);
+  EXPECT_EQ(SweepSpec::from_json(spec.to_json(), "again"), spec);
+}
+
+TEST(SweepOptions, APerJobLimitOutOfRangeNamesTheParameter) {
+  const auto spec = from_toml(R"(
+kernel = "sleep"
+[grid]
+tries = [2, 0, "many"]
+[options]
+max_attempts = "tries"
+)");
+  EXPECT_EQ(spec.max_attempts_of(spec.params_at(0)), 2u);
+  try {
+    spec.max_attempts_of(spec.params_at(1));
+    FAIL() << "0 attempts accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("param 'tries': expected an integer from 1 to 100, got"));
+  }
+  EXPECT_THROW(spec.max_attempts_of(spec.params_at(2)), ConfigError);
+}
+
+TEST(SweepOptions, BadOptionsAreRefusedNamingTheField) {
+  EXPECT_EQ(toml_error("kernel = \"noop\"\n[options]\nmax_attempts = 0\n"),
+            "test.toml: options.max_attempts: expected an integer from 1 to 100, or the name of a "
+            "parameter giving it job by job, got an integer (0)");
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[options]\nmax_attempts = 2.5\n"),
+              HasSubstr("options.max_attempts: expected an integer from 1 to 100"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[options]\ntimeout_s = -1\n"),
+              HasSubstr("options.timeout_s: expected a number from 0 to 31536000"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[options]\ntimeout_s = \"walltime\"\n"),
+              HasSubstr("options.timeout_s: expected a number, or the name of a parameter in "
+                        "params or grid, got \"walltime\", which is neither"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[options]\nretry_errors = \"yes\"\n"),
+              HasSubstr("options.retry_errors: expected true or false, got a string (\"yes\")"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[options]\nmax_attempt = 3\n"),
+              HasSubstr("options.max_attempt: expected one of the keys max_attempts, timeout_s, "
+                        "backoff_s, backoff_max_s, retry_errors, got an unknown key (did you mean "
+                        "\"max_attempts\"?)"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\n[options]\nbackoff_s = 10\nbackoff_max_s = 1\n"),
+              HasSubstr("options.backoff_max_s: expected at least options.backoff_s (10), got 1"));
+  EXPECT_THAT(toml_error("kernel = \"noop\"\noptions = 3\n"),
+              HasSubstr("options: expected a table of options, got an integer (3)"));
+}
+
+}  // namespace
+}  // namespace simq

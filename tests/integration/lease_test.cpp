@@ -1,0 +1,195 @@
+// The broker's side of leases, retries, cancellation and back-pressure, with scripted workers
+// and clients on its real sockets: what runs again, as which attempt, and when.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <zmq.hpp>
+
+#include "simq/protocol.h"
+#include "simq/store.h"
+#include "test_support.h"
+
+namespace simq::test {
+namespace {
+
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+// A DEALER speaking SIMQ1 by hand: a scripted worker on the backend, a client on the frontend.
+class Peer {
+ public:
+  Peer(zmq::context_t& context, const std::string& endpoint)
+      : socket_(context, zmq::socket_type::dealer) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.connect(endpoint);
+  }
+
+  void send(Command command, const std::string& body) {
+    for (const auto& frame : {std::string(kProtocol), std::string(command_name(command))}) {
+      socket_.send(zmq::buffer(frame), zmq::send_flags::sndmore);
+    }
+    socket_.send(zmq::buffer(body), zmq::send_flags::none);
+  }
+
+  // The next message of kind `command` within `timeout`, skipping others (heartbeats). As a
+  // worker, it heartbeats meanwhile unless `silent`.
+  std::optional<std::string> expect(Command command, std::chrono::milliseconds timeout,
+                                    bool silent = false) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      zmq::pollitem_t item{socket_.handle(), 0, ZMQ_POLLIN, 0};
+      zmq::poll(&item, 1, std::chrono::milliseconds(50));
+      if (!silent && worker_) send(Command::kHeartbeat, encode_empty());
+      if ((item.revents & ZMQ_POLLIN) == 0) continue;
+      auto message = receive(socket_, false);
+      if (message && message->command == command) return message->body;
+    }
+    return std::nullopt;
+  }
+
+  void hello(const std::string& name, uint32_t slots) {
+    worker_ = true;
+    send(Command::kHello, encode(HelloMsg{name, slots, {"noop", "sleep"}}));
+    ASSERT_TRUE(expect(Command::kWelcome, 5s));
+  }
+
+  // The jobs of the next DISPATCH (empty if none comes in time).
+  std::vector<JobRef> dispatched(std::chrono::milliseconds timeout = 5s) {
+    const auto body = expect(Command::kDispatch, timeout);
+    return body ? decode_dispatch(*body).jobs : std::vector<JobRef>{};
+  }
+
+ private:
+  zmq::socket_t socket_;
+  bool worker_ = false;
+};
+
+std::string submit(TestCluster& cluster, const std::string& toml) {
+  TempDir dir;
+  std::ofstream(dir.file("s.toml")) << toml;
+  const auto submitted = cluster.simq({"submit", dir.file("s.toml")});
+  EXPECT_EQ(submitted.status, 0) << submitted.err << cluster.logs();
+  return submitted.out.substr(0, submitted.out.find('\n'));
+}
+
+TEST(Lease, ARetryRunsAsTheNextAttemptAfterItsDelayFencedFirst) {
+  TestCluster cluster({.workers = 0});
+  zmq::context_t context;
+  Peer worker(context, cluster.backend());
+  worker.hello("scripted:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n");
+  ASSERT_EQ(worker.dispatched(), (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+
+  const auto asked = Clock::now();
+  worker.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 0, 1}, false, 600}}}));
+  const auto again = worker.dispatched(5s);
+  const auto waited = Clock::now() - asked;
+  ASSERT_EQ(again, (std::vector<JobRef>{{sweep, 0, 2}})) << cluster.logs();
+  EXPECT_GE(waited, 600ms) << "the retry came before its delay";
+  EXPECT_LT(waited, 1600ms) << "the retry came long after its delay";
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"HGET", fence_key(sweep), "0"}).str, "2");
+  EXPECT_EQ(redis->command({"EXISTS", lost_key(sweep)}).integer, 0) << "a retry is not a loss";
+}
+
+TEST(Lease, ByeHandsJobsBackWithoutUsingAnAttempt) {
+  TestCluster cluster({.workers = 0});
+  zmq::context_t context;
+  Peer leaving(context, cluster.backend());
+  leaving.hello("leaving:1", 2);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[grid]\ni = [1, 2]\n");
+  ASSERT_EQ(leaving.dispatched().size(), 2u) << cluster.logs();
+  leaving.send(Command::kBye, encode_empty());
+
+  Peer staying(context, cluster.backend());
+  staying.hello("staying:2", 2);
+  EXPECT_EQ(staying.dispatched(), (std::vector<JobRef>{{sweep, 0, 1}, {sweep, 1, 1}}))
+      << cluster.logs();
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"EXISTS", fence_key(sweep)}).integer, 0);
+}
+
+TEST(Lease, ALostWorkersJobRunsAsTheNextAttemptWithTheLossRecorded) {
+  TestCluster cluster({.workers = 0, .heartbeat_ms = 100, .liveness = 3});
+  zmq::context_t context;
+  Peer doomed(context, cluster.backend());
+  doomed.hello("doomed:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n");
+  ASSERT_EQ(doomed.dispatched(), (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+
+  Peer heir(context, cluster.backend());
+  heir.hello("heir:2", 1);
+  // doomed falls silent; the job comes to heir once the broker gives up on doomed.
+  const auto silent_since = Clock::now();
+  EXPECT_EQ(heir.dispatched(5s), (std::vector<JobRef>{{sweep, 0, 2}})) << cluster.logs();
+  EXPECT_LT(Clock::now() - silent_since, 100ms * 3 + 1000ms);
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"HGET", fence_key(sweep), "0"}).str, "2");
+  Store store(RedisAddress::parse(cluster.redis().url()));
+  const auto lost = store.lost_record(sweep, 0);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->count, 1u);
+  EXPECT_EQ(lost->worker, "doomed:1");
+}
+
+TEST(Lease, CancelDropsQueuedJobsAndTellsWorkers) {
+  TestCluster cluster({.workers = 0});
+  zmq::context_t context;
+  Peer worker(context, cluster.backend());
+  worker.hello("scripted:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[grid]\ni = { range = [0, 50] }\n");
+  ASSERT_EQ(worker.dispatched().size(), 1u) << cluster.logs();
+
+  Peer client(context, cluster.frontend());
+  client.send(Command::kCancel, encode(CancelMsg{7, sweep}));
+  auto reply = client.expect(Command::kCancelled, 5s);
+  ASSERT_TRUE(reply) << cluster.logs();
+  auto cancelled = decode_cancelled(*reply);
+  EXPECT_EQ(cancelled.req, 7u);
+  EXPECT_EQ(cancelled.outcome, "cancelled");
+  EXPECT_EQ(cancelled.dropped, 49u);
+  EXPECT_EQ(cancelled.running, 1u);
+  const auto told = worker.expect(Command::kCancel, 5s);
+  ASSERT_TRUE(told);
+  EXPECT_EQ(decode_cancel(*told).sweep_id, sweep);
+
+  // The running job reports; nothing more of the sweep is dispatched.
+  worker.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 0, 1}, false, std::nullopt}}}));
+  EXPECT_TRUE(worker.dispatched(1s).empty());
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"HGET", sweep_key(sweep), "status"}).str, "cancelled");
+
+  client.send(Command::kCancel, encode(CancelMsg{8, sweep}));
+  reply = client.expect(Command::kCancelled, 5s);
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(decode_cancelled(*reply).outcome, "not_running");
+  client.send(Command::kCancel, encode(CancelMsg{9, "nosuchsweep"}));
+  reply = client.expect(Command::kCancelled, 5s);
+  ASSERT_TRUE(reply);
+  EXPECT_EQ(decode_cancelled(*reply).outcome, "no_sweep");
+}
+
+TEST(Lease, SubmissionsBeyondMaxQueuedAreRefusedNotDropped) {
+  TestCluster cluster({.workers = 0});
+  // No workers: a sweep of a million jobs fills the queue to the default --max-queued.
+  submit(cluster, "kernel = \"noop\"\n[grid]\ni = { range = [0, 1000000] }\n");
+  zmq::context_t context;
+  Peer client(context, cluster.frontend());
+  client.send(
+      Command::kSubmit,
+      encode(SubmitMsg{4, "overflow1", Json{{"kernel", "noop"}, {"params", Json::object()}}}));
+  const auto reply = client.expect(Command::kError, 5s);
+  ASSERT_TRUE(reply) << cluster.logs();
+  const auto error = decode_error(*reply);
+  EXPECT_EQ(error.code, "queue_full");
+  EXPECT_EQ(error.req, 4u);
+  EXPECT_THAT(error.message, HasSubstr("1000000 jobs queued"));
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"EXISTS", sweep_key("overflow1")}).integer, 0)
+      << "a refused sweep must not be recorded";
+}
+
+}  // namespace
+}  // namespace simq::test
