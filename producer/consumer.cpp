@@ -350,18 +350,25 @@ void print_broker(Store& store, std::ostream& out) {
     const size_t pad = name_width - text_width(row[0]);
     out << fmt::format("  {}{}  {}, {}\n", row[0], std::string(pad, ' '), row[1], row[2]);
   }
+  // The broker's view of Redis: down now (since > 0), or how many outages it rode out.
   if (const Json* outage = member(*status, "redis_outage"); outage && outage->is_object()) {
     const Json* since = member(*outage, "since");
     const Json* error = member(*outage, "last_error");
+    const Json* last = member(*outage, "last_seconds");
     const std::string why = error != nullptr ? format_cell(*error, CellStyle::kTable) : "";
     const uint64_t outages = count_at(*outage, "outages");
     if (since != nullptr && since->is_number() && since->get<double>() > 0) {
-      out << fmt::format("broker: cannot reach Redis since {}{}; {} so far\n",
+      out << fmt::format("broker: cannot reach Redis since {}{}\n",
                          time_and_age(since->get<double>(), unix_time()),
-                         why.empty() ? "" : ": " + why, plural(outages, "outage"));
+                         why.empty() ? "" : ": " + why);
     } else if (outages > 0) {
+      std::string detail;
+      if (last != nullptr && last->is_number()) {
+        detail = "the last one " + format_duration(last->get<double>());
+      }
+      if (!why.empty()) detail += (detail.empty() ? "" : ", ") + why;
       out << fmt::format("broker: {} of Redis so far{}\n", plural(outages, "outage"),
-                         why.empty() ? "" : " (last error: " + why + ")");
+                         detail.empty() ? "" : " (" + detail + ")");
     }
   }
 }

@@ -271,6 +271,47 @@ TEST(SubmitRetry, AStoppedBrokerIsWaitedFor) {
   EXPECT_EQ(verified.status, 0) << verified.out;
 }
 
+// A broker at its --max-queued bound (the default 10^6, filled by one sweep without workers)
+// refuses SUBMIT with queue_full: `simq submit` waits and resends, gives up after
+// --submit-timeout with exit 3, and gets through once the queue drains (the big sweep is
+// cancelled).
+TEST(SubmitRetry, AFullQueueIsWaitedFor) {
+  TestCluster cluster({.workers = 0});
+  TempDir dir;
+  std::ofstream(dir.file("big.toml"))
+      << "kernel = \"noop\"\n[grid]\ni = { range = [0, 1000000] }\n";
+  std::ofstream(dir.file("small.toml")) << "kernel = \"noop\"\n[grid]\nx = [1, 2, 3]\n";
+  const auto big = cluster.simq({"submit", dir.file("big.toml")});
+  ASSERT_EQ(big.status, 0) << big.err;
+
+  const auto start = std::chrono::steady_clock::now();
+  const auto refused = cluster.simq({"submit", dir.file("small.toml"), "--submit-timeout", "1"});
+  EXPECT_EQ(refused.status, 3) << refused.err;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  EXPECT_THAT(refused.err, HasSubstr("simq: broker queue is full ("));
+  EXPECT_THAT(refused.err, HasSubstr("); waiting\n"));
+  EXPECT_THAT(refused.err, HasSubstr("its queue is full"));
+
+  ChildProcess waiting({bin("simq"), "submit", dir.file("small.toml"), "--redis",
+                        cluster.redis().url(), "--broker", cluster.frontend()},
+                       dir.file("out"), dir.file("err"));
+  ASSERT_TRUE(wait_until(
+      [&] { return read_file(dir.file("err")).find("queue is full") != std::string::npos; }, 10s))
+      << read_file(dir.file("err"));
+  EXPECT_EQ(waiting.poll(), std::nullopt);
+  const auto cancel = cluster.simq({"cancel", first_line(big.out)});
+  ASSERT_EQ(cancel.status, 0) << cancel.err << cluster.logs();
+  EXPECT_THAT(cancel.out, HasSubstr("1000000 queued jobs dropped"));
+  const auto status = waiting.wait(30s);
+  ASSERT_NE(status, std::nullopt) << read_file(dir.file("err"));
+  EXPECT_EQ(*status, 0) << read_file(dir.file("err"));
+  const auto small = first_line(read_file(dir.file("out")));
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"HGET", sweep_key(small), "total"}).str, "3");
+  // The refused submissions recorded nothing: two sweeps in all.
+  EXPECT_EQ(redis->command({"ZCARD", "simq:sweeps"}).integer, 2);
+}
+
 // `simq cancel` on a sweep of long jobs: its queued jobs never run, `simq wait` says it was
 // cancelled, the results show the cancelled jobs, and a second cancel is harmless.
 // Needs the broker's CANCEL.
