@@ -197,6 +197,48 @@ TEST(VerifyUnfinished, PendingAndNeverRunJobsAreNotLost) {
                                   "0 cancelled, 7 never ran"));
 }
 
+// What the broker and workers record about failures, as the commands show it: a dead-lettered
+// job (get, verify) and the broker's Redis outages (status).
+TEST(VerifyUnfinished, DeadLettersAndRedisOutagesAreShown) {
+  RedisServer redis;
+  Store store(redis.address());
+  TempDir dir;
+  std::ofstream(dir.file("s.toml")) << "kernel = \"noop\"\n[grid]\nx = [1, 2]\n";
+  ASSERT_TRUE(store.create_sweep("poison1", load_sweep_file(dir.file("s.toml")), 0));
+  std::vector<JobWrite> done(2);
+  done[0].job = JobRef{"poison1", 0, 1};
+  done[0].record = R"({"job": "poison1:0", "status": "succeeded"})";
+  done[1].job = JobRef{"poison1", 1, 4};
+  done[1].ok = false;
+  done[1].record =
+      R"json({"job": "poison1:1", "status": "failed", "dead_letter": true, "attempts": 4,
+          "error": "worker lost 3 times: last seen running on node7:4242 (attempt 3)"
+})json";
+  EXPECT_EQ(store.finish(done).stored, 2u);
+
+  const auto get = run_command({bin("simq"), "get", "poison1:1", "--redis", redis.url()});
+  EXPECT_EQ(get.status, 1) << get.err;
+  EXPECT_THAT(get.out, HasSubstr("status    failed (dead-lettered)\n"));
+  EXPECT_THAT(get.out, HasSubstr("worker lost 3 times"));
+  const auto verified = run_command({bin("simq"), "verify", "poison1", "--redis", redis.url()});
+  EXPECT_EQ(verified.status, 0) << verified.out;
+  EXPECT_THAT(verified.out, HasSubstr("records: 1 succeeded, 1 failed (1 dead-lettered)"));
+
+  store.put_broker_status(Json{{"workers", Json::array()},
+                               {"queued", 0},
+                               {"in_flight", 0},
+                               {"redis_outage",
+                                {{"since", 0},
+                                 {"last_seconds", 4.2},
+                                 {"outages", 2},
+                                 {"last_error", "redis://127.0.0.1:6379: Connection refused"}}}},
+                          10s);
+  const auto status = run_command({bin("simq"), "status", "--redis", redis.url()});
+  EXPECT_EQ(status.status, 0) << status.err;
+  EXPECT_THAT(status.out, HasSubstr("broker: 2 outages of Redis so far (the last one 4.2"));
+  EXPECT_THAT(status.out, HasSubstr("Connection refused)"));
+}
+
 // A Redis frozen for longer than simq's reply timeout: `simq wait` says so, keeps its place in
 // the stream, and ends when the sweep does.
 TEST(WaitThroughOutage, AFrozenRedisIsWaitedOut) {
@@ -269,6 +311,29 @@ TEST(SubmitRetry, AStoppedBrokerIsWaitedFor) {
   EXPECT_EQ(redis->command({"HGET", sweep_key(sweep), "succeeded"}).str, "3");
   const auto verified = cluster.simq({"verify", sweep});
   EXPECT_EQ(verified.status, 0) << verified.out;
+}
+
+// A broker killed and started again while a submission waits for it: the SUBMIT the old one
+// never answered is resent to the new one.
+TEST(SubmitRetry, ARestartedBrokerGetsTheSubmission) {
+  TestCluster cluster({.workers = 1});
+  TempDir dir;
+  std::ofstream(dir.file("s.toml")) << "kernel = \"noop\"\n[grid]\nx = [1, 2, 3]\n";
+  cluster.broker().signal(SIGSTOP);
+  ChildProcess submit({bin("simq"), "submit", dir.file("s.toml"), "--wait", "--redis",
+                       cluster.redis().url(), "--broker", cluster.frontend()},
+                      dir.file("out"), dir.file("err"));
+  ASSERT_TRUE(wait_until(
+      [&] { return read_file(dir.file("err")).find("not answering") != std::string::npos; }, 10s))
+      << read_file(dir.file("err"));
+  cluster.restart_broker(SIGKILL);
+  const auto status = submit.wait(60s);
+  ASSERT_NE(status, std::nullopt) << read_file(dir.file("err")) << cluster.logs();
+  EXPECT_EQ(*status, 0) << read_file(dir.file("err")) << cluster.logs();
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"ZCARD", "simq:sweeps"}).integer, 1);
+  const auto sweep = first_line(read_file(dir.file("out")));
+  EXPECT_EQ(redis->command({"HGET", sweep_key(sweep), "succeeded"}).str, "3");
 }
 
 // A broker at its --max-queued bound (the default 10^6, filled by one sweep without workers)
