@@ -114,7 +114,7 @@ Reply await_reply(zmq::socket_t& socket, const std::string& endpoint, Command co
       }
     }
   }
-  const auto waited = seconds_text(std::chrono::duration_cast<milliseconds>(timeout));
+  const auto waited = seconds_text(timeout);
   if (!full.empty()) {
     throw ConnectError(
         fmt::format("the broker at {} still refused {} after {}: its queue is full ({})", endpoint,

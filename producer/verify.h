@@ -42,7 +42,8 @@ struct VerifyReport {
 
 // Reconciles sweep `id`; std::nullopt if there is no such sweep. Reads the job records with
 // HSCAN and the stream with XRANGE in chunks of 10,000, so a sweep of 10^7 jobs needs about
-// 10 MB. A running sweep may be verified: records written meanwhile are read again.
+// 10 MB; throws Error for a sweep of more than 10^9 jobs. A running sweep may be verified:
+// records written meanwhile are read again.
 std::optional<VerifyReport> verify(Store& store, const std::string& id);
 
 // The report for people ("sweep ...", counts, "lost: 0, duplicated: 0, unexpected: 0", then up
