@@ -1,12 +1,19 @@
-// The built-in kernels: noop, sleep, fib and mc_pi, for demos, tests and benchmarks.
+// The built-in kernels: noop, sleep, fib and mc_pi, for demos, tests and benchmarks, and fault,
+// which fails on request, for testing a cluster's resilience.
 // Thread-safety: stateless; run() may be called from many slots at once.
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <csignal>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <numbers>
 #include <random>
+#include <string>
 
 #include "kernel.h"
 
@@ -103,6 +110,45 @@ class McPiKernel final : public Kernel {
   }
 };
 
+// Fails the way it is asked to, after sleeping `seconds`: tests how a cluster copes with kernel
+// errors, transient errors and crashes of the process running the kernel.
+class FaultKernel final : public Kernel {
+ public:
+  static constexpr std::array<std::string_view, 6> kModes = {"ok",   "error", "retryable",
+                                                             "segv", "abort", "exit"};
+
+  std::string_view name() const override { return "fault"; }
+  std::string_view params_help() const override {
+    return "mode: \"ok\" (default), \"error\", \"retryable\", \"segv\", \"abort\" or \"exit\" "
+           "(_exit(3)), seconds: number >= 0 slept first (default 0); returns {\"mode\": \"ok\"}";
+  }
+  Json run(const Json& params, const KernelContext& ctx) const override {
+    std::string mode = "ok";
+    if (const Json* value = find_param(params, "mode")) {
+      if (!value->is_string()) {
+        throw KernelError("param 'mode': expected string, got " + describe_value(*value));
+      }
+      mode = value->get<std::string>();
+    }
+    if (std::find(kModes.begin(), kModes.end(), mode) == kModes.end()) {
+      throw KernelError(
+          "param 'mode': expected one of ok, error, retryable, segv, abort, exit, got " +
+          describe_value(Json(mode)));
+    }
+    const double seconds =
+        find_param(params, "seconds") != nullptr ? number_param(params, "seconds", 0) : 0;
+    if (!sleep_unless_stopped(std::chrono::duration<double>(seconds), ctx.stop)) {
+      throw KernelCancelled("fault: stopped");
+    }
+    if (mode == "error") throw KernelError("fault: asked to fail");
+    if (mode == "retryable") throw RetryableError("fault: asked to fail (retryable)");
+    if (mode == "segv") std::raise(SIGSEGV);
+    if (mode == "abort") std::abort();
+    if (mode == "exit") ::_exit(3);
+    return Json{{"mode", "ok"}};
+  }
+};
+
 }  // namespace
 
 void add_builtin_kernels(KernelRegistry& registry) {
@@ -110,6 +156,7 @@ void add_builtin_kernels(KernelRegistry& registry) {
   registry.add(std::make_unique<SleepKernel>());
   registry.add(std::make_unique<FibKernel>());
   registry.add(std::make_unique<McPiKernel>());
+  registry.add(std::make_unique<FaultKernel>());
 }
 
 }  // namespace simq

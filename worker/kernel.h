@@ -26,8 +26,17 @@ class KernelError : public Error {
   using Error::Error;
 };
 
-// A kernel stopped because its stop token was signalled. The job is not recorded: the broker
-// gives it to another worker. Not a KernelError, so it is never mistaken for a failure.
+// A transient failure (a license server down, a full scratch disk): the job is run again, as
+// its next attempt after a backoff, while the sweep's max_attempts allows; then it ends FAILED
+// with this message.
+class RetryableError : public KernelError {
+ public:
+  using KernelError::KernelError;
+};
+
+// A kernel stopped because its stop token was signalled. The worker decides what becomes of the
+// job (handed back to the broker, failed as timed out, or recorded as cancelled). Not a
+// KernelError, so it is never mistaken for a failure.
 class KernelCancelled : public Error {
  public:
   using Error::Error;
@@ -36,7 +45,8 @@ class KernelCancelled : public Error {
 // What a kernel knows about the job it runs.
 struct KernelContext {
   JobRef job;            // which job this is (sweep, index, attempt)
-  std::stop_token stop;  // signalled when the worker stops: kernels that loop must check it
+  std::stop_token stop;  // signalled when the worker stops, the job's time limit passes or its
+                         // sweep is cancelled: kernels that loop must check it
 };
 
 class Kernel {
@@ -50,7 +60,8 @@ class Kernel {
   virtual std::string_view params_help() const = 0;
 
   // Runs one job and returns its result, a Json object. Throws KernelError with a precise
-  // message on bad parameters or failure, KernelCancelled when ctx.stop cut it short.
+  // message on bad parameters or failure (RetryableError for a transient one), KernelCancelled
+  // when ctx.stop cut it short.
   virtual Json run(const Json& params, const KernelContext& ctx) const = 0;
 };
 
@@ -71,7 +82,7 @@ class KernelRegistry {
   // Names of all kernels, sorted.
   std::vector<std::string> names() const;
 
-  // A registry holding the built-in kernels: fib, mc_pi, noop, sleep.
+  // A registry holding the built-in kernels: fault, fib, mc_pi, noop, sleep.
   static KernelRegistry with_builtins();
 
  private:

@@ -72,7 +72,9 @@ int run(int argc, char** argv) {
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   app.add_option("--stop-grace-ms", stop_grace_ms,
-                 "on SIGTERM, how long to keep trying to write finished results to Redis, in ms")
+                 "on SIGTERM or SIGINT, how long running jobs may take to finish and their "
+                 "results to reach Redis, in ms; jobs still running are then stopped and left "
+                 "to the broker to run again (a second signal stops them at once)")
       ->check(CLI::Range(0, 3'600'000))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")

@@ -15,7 +15,9 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 #include <map>
+#include <random>
 #include <utility>
 
 #include "simq/errors.h"
@@ -36,8 +38,12 @@ constexpr const char* kDoneEndpoint = "inproc://simq-worker-done";
 constexpr milliseconds kIdlePoll(100);     // longest poll: how soon a stop signal is seen
 constexpr milliseconds kStoppingPoll(20);  // poll while waiting for slots to finish
 constexpr milliseconds kPairSendTimeout(100);
-constexpr int kFinalLingerMs = 2000;        // how long the last DONE and BYE may take to leave
-constexpr size_t kMaxMissingSweeps = 1024;  // sweep ids remembered as missing from Redis
+constexpr int kFinalLingerMs = 2000;          // how long the last DONE and BYE may take to leave
+constexpr size_t kMaxMissingSweeps = 1024;    // sweep ids remembered as missing from Redis
+constexpr size_t kMaxCancelledSweeps = 1024;  // sweep ids remembered as cancelled
+// After a stop, once the slots are done: how long results may still take to reach Redis,
+// beyond the stop grace, at most (and never more than the grace itself).
+constexpr milliseconds kMaxWriteAfterSlots(1000);
 constexpr int kMaxRefusals = 3;  // batches Redis refuses before each sweep is written apart
 constexpr int kMaxMessagesPerPoll = 256;     // broker messages read before looking at DONEs again
 constexpr size_t kMaxNameInRoutingId = 200;  // routing ids are at most 255 bytes
@@ -52,6 +58,12 @@ milliseconds doubled(milliseconds delay, int max_ms) {
 // Time left until `deadline`, rounded up to whole milliseconds so a poll never spins.
 milliseconds until(Clock::time_point deadline, Clock::time_point now) {
   return deadline <= now ? milliseconds(0) : std::chrono::ceil<milliseconds>(deadline - now);
+}
+
+// A factor in [0.5, 1) that spreads retries of jobs that failed together.
+double jitter() {
+  thread_local std::mt19937_64 random(std::random_device{}());
+  return std::uniform_real_distribution<double>(0.5, 1.0)(random);
 }
 
 std::string running_record(const JobRef& job, const std::string& worker, double started_at) {
@@ -158,6 +170,17 @@ void Worker::JobQueue::settled(uint64_t jobs) {
   assert(before >= jobs && "more jobs settled than taken");
 }
 
+std::vector<JobRef> Worker::JobQueue::take_sweep(const std::string& sweep) {
+  std::vector<JobRef> taken;
+  const std::lock_guard lock(mutex_);
+  const auto kept = std::stable_partition(jobs_.begin(), jobs_.end(),
+                                          [&](const JobRef& job) { return job.sweep != sweep; });
+  std::move(kept, jobs_.end(), std::back_inserter(taken));
+  jobs_.erase(kept, jobs_.end());
+  taken_ += taken.size();
+  return taken;
+}
+
 size_t Worker::JobQueue::clear() {
   const std::lock_guard lock(mutex_);
   const size_t count = jobs_.size();
@@ -205,6 +228,15 @@ void Worker::WriteQueue::push_finished(JobWrite finished) {
   ready_.notify_one();
 }
 
+void Worker::WriteQueue::push_retry(JobWrite mark, uint64_t retry_after_ms) {
+  {
+    const std::lock_guard lock(mutex_);
+    retries_.push_back(DoneJob{mark.job, false, retry_after_ms});
+    if (!marks_dropped_) marks_.push_back(std::move(mark));
+  }
+  ready_.notify_one();
+}
+
 void Worker::WriteQueue::drop_marks() {
   const std::lock_guard lock(mutex_);
   marks_dropped_ = true;
@@ -220,20 +252,23 @@ void Worker::WriteQueue::close() {
 }
 
 bool Worker::WriteQueue::take(const std::stop_token& stop, std::vector<JobWrite>& marks,
-                              std::vector<JobWrite>& finished, bool& closed) {
+                              std::vector<JobWrite>& finished, std::vector<DoneJob>& retries,
+                              bool& closed) {
   {
     std::unique_lock lock(mutex_);
-    ready_.wait(lock, stop, [this] { return !marks_.empty() || !finished_.empty() || closed_; });
+    ready_.wait(lock, stop, [this] {
+      return !marks_.empty() || !finished_.empty() || !retries_.empty() || closed_;
+    });
     if (stop.stop_requested()) return false;
   }
-  take_now(marks, finished, closed);
+  take_now(marks, finished, retries, closed);
   return true;
 }
 
 void Worker::WriteQueue::take_now(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished,
-                                  bool& closed) {
+                                  std::vector<DoneJob>& retries, bool& closed) {
   const std::lock_guard lock(mutex_);
-  const auto move_all = [](std::vector<JobWrite>& from, std::vector<JobWrite>& to) {
+  const auto move_all = []<typename T>(std::vector<T>& from, std::vector<T>& to) {
     if (to.empty()) {
       to.swap(from);  // the common case: no copy, and `from` gets to's spare capacity
     } else {
@@ -247,6 +282,7 @@ void Worker::WriteQueue::take_now(std::vector<JobWrite>& marks, std::vector<JobW
     move_all(marks_, marks);
   }
   move_all(finished_, finished);
+  move_all(retries_, retries);
   closed = closed_;
 }
 
@@ -256,6 +292,7 @@ void Worker::WriteQueue::take_now(std::vector<JobWrite>& marks, std::vector<JobW
 Worker::Worker(WorkerOptions options, KernelRegistry kernels)
     : options_(std::move(options)),
       kernels_(std::move(kernels)),
+      running_(options_.slots, kMaxCancelledSweeps),
       spec_store_(options_.redis),
       writer_store_(options_.redis) {
   if (options_.slots == 0) throw ConfigError("--slots: expected at least 1, got 0");
@@ -277,6 +314,7 @@ Worker::Worker(WorkerOptions options, KernelRegistry kernels)
 Worker::~Worker() {
   // Ask every thread first so they wind down together; the jthreads then join.
   for (auto& slot : slots_) slot.request_stop();
+  running_.stop_all();
   writer_.request_stop();
 }
 
@@ -419,6 +457,9 @@ void Worker::handle_broker_message(Connection& connection, bool stopping) {
         case Command::kHeartbeat:
           decode_empty(envelope->body, "HEARTBEAT");
           break;
+        case Command::kCancel:
+          on_cancel(decode_cancel(envelope->body).sweep_id);
+          break;
         case Command::kError: {
           const ErrorMsg error = decode_error(envelope->body);
           if (error.code == "unknown_worker") {
@@ -469,20 +510,35 @@ void Worker::on_dispatch(std::string_view body, bool stopping) {
   std::vector<JobWrite> marks;
   marks.reserve(dispatch.jobs.size());
   for (const auto& job : dispatch.jobs) {
-    marks.push_back(JobWrite{job, true, running_record(job, options_.name, now)});
+    // A job of a sweep cancelled just before: its slot reports it without running it.
+    if (running_.cancelled(job.sweep)) continue;
+    marks.push_back(JobWrite{job, true, running_record(job, options_.name, now), false});
   }
   writes_.push_marks(std::move(marks));
   jobs_.push(dispatch.jobs);
 }
 
+void Worker::on_cancel(const std::string& sweep) {
+  // Remembered first: a job a slot takes from now on is stopped at once, so none slips
+  // between the two steps.
+  const size_t held = running_.cancel(sweep);
+  const std::vector<JobRef> queued = jobs_.take_sweep(sweep);
+  for (const auto& job : queued) {
+    ++stats_.cancelled;
+    writes_.push_finished(JobWrite{job, false, {}, false});  // reported without a record
+  }
+  spdlog::info("sweep {} cancelled: {} queued jobs dropped, {} taken jobs stopped", sweep,
+               queued.size(), held);
+}
+
 void Worker::begin_stop() {
   for (auto& slot : slots_) slot.request_stop();  // first, so no slot takes another job
+  running_.stop_unstarted();                      // jobs still waiting for their sweep's spec, say
   const size_t dropped = jobs_.clear();
-  writes_.drop_marks();  // the jobs they announce are cancelled or left to the broker
+  writes_.drop_marks();  // the jobs they announce are left to the broker, or running anyway
   spdlog::info(
-      "stopping: {} queued jobs left to the broker; waiting for running jobs to finish or "
-      "cancel, and up to {} ms in all for results to reach Redis (a second signal skips the "
-      "wait)",
+      "stopping: {} queued jobs left to the broker; running jobs may finish within {} ms, "
+      "then they are stopped and left to the broker too (a second signal stops them now)",
       dropped, options_.stop_grace_ms);
 }
 
@@ -503,14 +559,17 @@ int Worker::run() {
   writer_ = std::jthread([this](const std::stop_token& stop) { writer_loop(stop); });
   slots_running_ = options_.slots;
   slots_.reserve(options_.slots);
-  for (unsigned i = 0; i < options_.slots; ++i) {
-    slots_.emplace_back([this](const std::stop_token& stop) { slot_loop(stop); });
+  for (size_t i = 0; i < options_.slots; ++i) {
+    slots_.emplace_back([this, i](const std::stop_token& stop) { slot_loop(i, stop); });
   }
   spdlog::info("worker {} with {} slots and kernels {}", options_.name, options_.slots,
                kernel_list_);
 
   bool stopping = false;
-  Clock::time_point give_up_at;  // once stopping: when unwritten results are abandoned
+  const milliseconds grace(options_.stop_grace_ms);
+  Clock::time_point grace_ends;  // once stopping: when running kernels are stopped
+  bool kernels_stopped = false;
+  Clock::time_point give_up_at;  // once the slots are done: when unwritten results are abandoned
   bool writes_closed = false;
   bool flushed = false;  // the writer wrote everything and its DONEs were forwarded
   bool forced = false;
@@ -518,20 +577,31 @@ int Worker::run() {
   while (!flushed) {
     if (!stopping && stop_requested()) {
       stopping = true;
-      give_up_at = Clock::now() + milliseconds(options_.stop_grace_ms);
+      grace_ends = Clock::now() + grace;
       begin_stop();
     }
     if (stopping && stop_signals() >= 2) {
       forced = true;
+      running_.stop_all();
       spdlog::warn("second stop signal: leaving without waiting for running jobs and writes");
       break;
+    }
+    if (stopping && !kernels_stopped && Clock::now() >= grace_ends) {
+      kernels_stopped = true;
+      if (const size_t running = running_.stop_all(); running > 0) {
+        spdlog::warn(
+            "stop grace of {} ms over: stopping {} running jobs; the broker will run them again",
+            options_.stop_grace_ms, running);
+      }
     }
     if (stopping && !writes_closed && slots_running_.load() == 0) {
       writes_closed = true;
       writes_.close();
+      // Results of jobs that finished at the end of the grace get a moment to be written.
+      give_up_at = std::max(grace_ends, Clock::now() + std::min(grace, kMaxWriteAfterSlots));
     }
-    // Slots end soon after a stop (kernels see their stop token); the writer may wait on
-    // Redis for ever. Its unwritten results are not ours to keep: BYE hands them back.
+    // Slots end within the grace (or soon after: kernels see their stop token); the writer may
+    // wait on Redis for ever. Its unwritten results are not ours to keep: BYE hands them back.
     if (writes_closed && Clock::now() >= give_up_at) {
       gave_up = true;
       writer_.request_stop();
@@ -608,38 +678,46 @@ int Worker::run() {
         "results are abandoned and the broker will run them again",
         abandoned_, options_.redis.url(), options_.stop_grace_ms);
   }
-  spdlog::info("stopped: {} jobs succeeded, {} failed, {} cancelled; {} malformed messages",
-               stats_.succeeded.load(), stats_.failed.load(), stats_.cancelled.load(),
-               stats_.malformed.load());
+  spdlog::info(
+      "stopped: {} jobs succeeded, {} failed, {} retried, {} cancelled, {} handed back; {} "
+      "results fenced; {} malformed messages",
+      stats_.succeeded.load(), stats_.failed.load(), stats_.retried.load(), stats_.cancelled.load(),
+      stats_.handed_back.load(), stats_.fenced.load(), stats_.malformed.load());
   return kExitOk;
 }
 
 // ---------------------------------------------------------------------------------------
 // Slot threads
 
-void Worker::slot_loop(const std::stop_token& stop) {
+void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
   while (const auto job = jobs_.pop(stop)) {
-    // Every job taken ends in exactly one report (a DONE) unless a stop cancels it: a job
+    // Every job taken ends in exactly one report (a DONE) unless a stop hands it back: a job
     // left without one would stay in flight on the broker, and busy after a reconnection.
-    std::optional<JobWrite> finished;
+    const std::stop_token job_stop = running_.take(slot, *job);
+    if (stop.stop_requested()) running_.stop_unstarted();  // a stop came between pop and take
+    Outcome outcome;
     try {
-      finished = run_job(*job, stop);
+      outcome = run_job(slot, *job, job_stop);
     } catch (const std::exception& e) {
       // Not the kernel (run_job catches those): out of memory building a record, say.
       ++stats_.failed;
       const std::string error = fmt::format("job {} failed outside its kernel: {}",
                                             job_id(job->sweep, job->index), e.what());
       spdlog::error("{}", error);
+      outcome.retry_after_ms.reset();
       try {
-        finished = failed_job(*job, "", error);
+        outcome.write = failed_job(*job, "", error);
       } catch (const std::exception&) {
-        finished = JobWrite{*job, false, {}};  // reported DONE without a record
+        outcome.write = JobWrite{*job, false, {}, false};  // reported DONE without a record
       }
     }
-    if (finished) {
-      writes_.push_finished(std::move(*finished));
+    running_.release(slot);
+    if (!outcome.write) {
+      jobs_.settled(1);  // handed back: the broker requeues it when this worker says BYE
+    } else if (outcome.retry_after_ms) {
+      writes_.push_retry(std::move(*outcome.write), *outcome.retry_after_ms);
     } else {
-      jobs_.settled(1);  // cancelled: the broker requeues it when this worker says BYE
+      writes_.push_finished(std::move(*outcome.write));
     }
   }
   slots_running_.fetch_sub(1);
@@ -702,14 +780,14 @@ Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
   return SpecLookup::found(std::move(spec));
 }
 
-std::string Worker::job_record(const JobRef& job, const std::string& kernel, const Json& params,
-                               const Json& result, const std::string* error, double started_at,
-                               double finished_at, double elapsed_s) const {
+Json Worker::job_record(const JobRef& job, const char* status, const std::string& kernel,
+                        const Json& params, const Json& result, const std::string* error,
+                        double started_at, double finished_at, double elapsed_s) const {
   Json record = Json::object();
   record["job"] = job_id(job.sweep, job.index);
   record["sweep"] = job.sweep;
   record["index"] = job.index;
-  record["status"] = error == nullptr ? "succeeded" : "failed";
+  record["status"] = status;
   record["kernel"] = kernel;
   record["params"] = params;
   record["result"] = error == nullptr ? result : Json(nullptr);
@@ -719,35 +797,91 @@ std::string Worker::job_record(const JobRef& job, const std::string& kernel, con
   record["started_at"] = started_at;
   record["finished_at"] = finished_at;
   record["elapsed_s"] = elapsed_s;
-  return dump_lenient(record);  // a kernel's invalid UTF-8 never throws
+  return record;
 }
 
 JobWrite Worker::failed_job(const JobRef& job, const std::string& kernel,
                             const std::string& error) {
   const double now = unix_time();
-  return JobWrite{job, false, job_record(job, kernel, Json::object(), Json(), &error, now, now, 0)};
+  return JobWrite{
+      job, false,
+      dump_lenient(job_record(job, "failed", kernel, Json::object(), Json(), &error, now, now, 0)),
+      false};
 }
 
-std::optional<JobWrite> Worker::run_job(const JobRef& job, const std::stop_token& stop) {
+Worker::Outcome Worker::stopped_before_start(size_t slot, const JobRef& job) {
+  if (running_.stopped(slot) == RunningJobs::Stop::kCancel) {
+    ++stats_.cancelled;
+    spdlog::debug("job {}: its sweep is cancelled: not run", job_id(job.sweep, job.index));
+    return Outcome{JobWrite{job, false, {}, false}, std::nullopt};  // reported without a record
+  }
+  ++stats_.handed_back;  // the worker is stopping
+  return Outcome{};
+}
+
+std::optional<LostRecord> Worker::lookup_lost(const JobRef& job, const std::stop_token& stop) {
+  milliseconds delay(options_.redis_retry_min_ms);
+  for (;;) {
+    {
+      const std::lock_guard lock(spec_store_mutex_);  // the slots share spec_store_
+      if (stop.stop_requested()) return std::nullopt;
+      try {
+        return spec_store_.lost_record(job.sweep, job.index).value_or(LostRecord{});
+      } catch (const ConnectError& e) {  // Redis is unreachable: it may come back
+        spdlog::warn("cannot read job {}'s lost record from Redis at {}: {}; retrying in {} ms",
+                     job_id(job.sweep, job.index), options_.redis.url(), e.what(), delay.count());
+      } catch (const std::exception& e) {  // unreadable: only the message is less precise
+        spdlog::warn("cannot read job {}'s lost record: {}", job_id(job.sweep, job.index),
+                     e.what());
+        return LostRecord{};
+      }
+    }
+    if (!sleep_unless_stopped(delay, stop)) return std::nullopt;
+    delay = doubled(delay, options_.redis_retry_max_ms);
+  }
+}
+
+Worker::Outcome Worker::dead_letter(const JobRef& job, const std::string& kernel,
+                                    const Json& params, uint32_t max_attempts,
+                                    const std::stop_token& stop, size_t slot) {
+  const auto lost = lookup_lost(job, stop);
+  if (!lost) return stopped_before_start(slot, job);
+  const std::string error =
+      lost->count > 0
+          ? fmt::format("worker lost {} {}: last seen running on {} (attempt {})", lost->count,
+                        lost->count == 1 ? "time" : "times", lost->worker, lost->attempt)
+          : fmt::format("dead-lettered: attempt {} exceeds max_attempts {}", job.attempt,
+                        max_attempts);
+  const double now = unix_time();
+  Json record = job_record(job, "failed", kernel, params, Json(), &error, now, now, 0);
+  record["attempts"] = job.attempt - 1;  // the runs made; this one is not
+  record["dead_letter"] = true;
+  ++stats_.failed;
+  ++stats_.dead_lettered;
+  spdlog::warn("job {} dead-lettered: {}", job_id(job.sweep, job.index), error);
+  return Outcome{JobWrite{job, false, dump_lenient(record), false}, std::nullopt};
+}
+
+Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_token& stop) {
   const std::string id = job_id(job.sweep, job.index);
+  if (stop.stop_requested()) return stopped_before_start(slot, job);
   const SpecLookup lookup = lookup_sweep(job.sweep, stop);
   if (lookup.missing) {
     missing_sweeps_.warn_once(job.sweep);
     spdlog::debug("job {}: sweep {} is not in Redis at {}: no record can be written", id, job.sweep,
                   options_.redis.url());
     ++stats_.failed;
-    return JobWrite{job, false, {}};
+    return Outcome{JobWrite{job, false, {}, false}, std::nullopt};
   }
   if (!lookup.spec && lookup.error.empty()) {
-    ++stats_.cancelled;  // stopped while Redis was unreachable
-    return std::nullopt;
+    return stopped_before_start(slot, job);  // stopped while Redis was unreachable
   }
   if (lookup.spec && job.index >= lookup.spec->total()) {
     // A broker bug, not the job's fault: a record would count a job the sweep does not have.
     spdlog::error("job {}: index out of range, sweep {} has {} jobs: no record is written", id,
                   job.sweep, lookup.spec->total());
     ++stats_.failed;
-    return JobWrite{job, false, {}};
+    return Outcome{JobWrite{job, false, {}, false}, std::nullopt};
   }
 
   double started_at = unix_time();
@@ -756,6 +890,9 @@ std::optional<JobWrite> Worker::run_job(const JobRef& job, const std::stop_token
   Json params = Json::object();
   Json result;
   std::optional<std::string> error;
+  bool retryable = false;                // the kernel failed in a way worth another attempt
+  std::optional<uint32_t> max_attempts;  // the job's limits, known once its params are
+  double timeout_s = 0;
   const Kernel* kernel = nullptr;
   if (!lookup.spec) {
     error = lookup.error;
@@ -765,14 +902,36 @@ std::optional<JobWrite> Worker::run_job(const JobRef& job, const std::stop_token
     } catch (const std::exception& e) {
       error = fmt::format("cannot derive params of job {}: {}", id, e.what());
     }
+    if (!error) {
+      try {
+        max_attempts = lookup.spec->max_attempts_of(params);
+        timeout_s = lookup.spec->timeout_of(params);
+      } catch (const std::exception& e) {  // a per-job limit whose parameter is not a number
+        error = e.what();
+      }
+    }
+    // The broker runs a job again after a lost worker or a retryable failure; past the limit
+    // it is this worker that ends it.
+    if (max_attempts && job.attempt > *max_attempts) {
+      return dead_letter(job, kernel_name, params, *max_attempts, stop, slot);
+    }
     kernel = kernels_.find(kernel_name);
     if (!error && kernel == nullptr) {
       error = fmt::format("unknown kernel '{}' (this worker has: {})", kernel_name, kernel_list_);
     }
   }
+  auto stopped = RunningJobs::Stop::kNone;
+  bool cut_short = false;  // the kernel threw after its stop was requested
   if (!error) {
     started_at = unix_time();
     start = Clock::now();
+    std::optional<Clock::time_point> deadline;
+    if (timeout_s > 0) {
+      deadline = start + std::chrono::duration_cast<Clock::duration>(
+                             std::chrono::duration<double>(timeout_s));
+    }
+    if (!running_.start_kernel(slot, deadline)) return stopped_before_start(slot, job);
+    spdlog::debug("job {}: kernel '{}' started (attempt {})", id, kernel_name, job.attempt);
     try {
       result = kernel->run(params, KernelContext{job, stop});
       if (!result.is_object()) {
@@ -780,38 +939,87 @@ std::optional<JobWrite> Worker::run_job(const JobRef& job, const std::stop_token
                             describe_value(result));
       }
     } catch (const KernelCancelled& e) {
-      if (stop.stop_requested()) {
-        ++stats_.cancelled;
-        return std::nullopt;
-      }
+      cut_short = stop.stop_requested();
       // Not ours to drop: nothing would ever requeue it.
       error = fmt::format("kernel '{}' cancelled itself without a stop request: {}", kernel_name,
                           e.what());
+      retryable = lookup.spec->options.retry_errors;
+    } catch (const RetryableError& e) {
+      cut_short = stop.stop_requested();
+      error = e.what();
+      retryable = true;
     } catch (const std::exception& e) {
-      if (stop.stop_requested()) {  // most likely the stop made it fail: let it run elsewhere
-        ++stats_.cancelled;
-        return std::nullopt;
-      }
+      cut_short = stop.stop_requested();  // most likely the stop made it fail
       error = *e.what() != '\0' ? std::string(e.what())
                                 : fmt::format("kernel '{}' failed without a message", kernel_name);
+      retryable = lookup.spec->options.retry_errors;
     } catch (...) {
-      if (stop.stop_requested()) {
-        ++stats_.cancelled;
-        return std::nullopt;
-      }
+      cut_short = stop.stop_requested();
       error = fmt::format("kernel '{}' threw something that is not a std::exception", kernel_name);
+      retryable = lookup.spec->options.retry_errors;
     }
+    stopped = running_.stopped(slot);
   }
   const double finished_at = unix_time();
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
 
-  std::string record = job_record(job, kernel_name, params, result, error ? &*error : nullptr,
-                                  started_at, finished_at, elapsed_s);
+  if (stopped == RunningJobs::Stop::kShutdown && cut_short) {
+    ++stats_.handed_back;  // let it run elsewhere
+    return Outcome{};
+  }
+  if (stopped == RunningJobs::Stop::kCancel && cut_short) {
+    const std::string cancelled = "cancelled by simq cancel";
+    ++stats_.cancelled;
+    spdlog::debug("job {}: cancelled while running", id);
+    return Outcome{
+        JobWrite{job, false,
+                 dump_lenient(job_record(job, "cancelled", kernel_name, params, Json(), &cancelled,
+                                         started_at, finished_at, elapsed_s)),
+                 true},
+        std::nullopt};
+  }
+  if (stopped == RunningJobs::Stop::kTimeout) {  // even if it returned a result, late
+    error = fmt::format("timed out after {} s", timeout_s);
+    retryable = false;
+    ++stats_.timed_out;
+  }
+
+  if (error && retryable && max_attempts && job.attempt < *max_attempts) {
+    const SweepOptions& options = lookup.spec->options;
+    const double delay_s =
+        std::min(options.backoff_max_s, options.backoff_s * std::exp2(job.attempt - 1)) * jitter();
+    const auto delay_ms = static_cast<uint64_t>(std::llround(delay_s * 1000));
+    Json mark = Json::object();
+    mark["job"] = id;
+    mark["sweep"] = job.sweep;
+    mark["index"] = job.index;
+    mark["status"] = "retrying";
+    mark["attempts"] = job.attempt;
+    mark["worker"] = options_.name;
+    mark["error"] = *error;
+    mark["retry_after_s"] = static_cast<double>(delay_ms) / 1000;
+    mark["finished_at"] = finished_at;
+    ++stats_.retried;
+    spdlog::debug("job {} failed (attempt {} of {}): {}; the broker retries it in {} ms", id,
+                  job.attempt, *max_attempts, *error, delay_ms);
+    return Outcome{JobWrite{job, false, dump_lenient(mark), false}, delay_ms};
+  }
+
+  // A failure after earlier attempts says which attempt it was.
+  const auto with_attempt = [&](std::string text) {
+    if (job.attempt <= 1) return text;
+    return max_attempts ? fmt::format("{} (attempt {} of {})", text, job.attempt, *max_attempts)
+                        : fmt::format("{} (attempt {})", text, job.attempt);
+  };
+  if (error) error = with_attempt(std::move(*error));
+  std::string record =
+      dump_lenient(job_record(job, error ? "failed" : "succeeded", kernel_name, params, result,
+                              error ? &*error : nullptr, started_at, finished_at, elapsed_s));
   if (options_.max_result_bytes > 0 && record.size() > options_.max_result_bytes) {
-    error = fmt::format("the job record is {} bytes, more than the limit of {} bytes",
-                        record.size(), options_.max_result_bytes);
-    record = job_record(job, kernel_name, Json::object(), Json(), &*error, started_at, finished_at,
-                        elapsed_s);
+    error = with_attempt(fmt::format("the job record is {} bytes, more than the limit of {} bytes",
+                                     record.size(), options_.max_result_bytes));
+    record = dump_lenient(job_record(job, "failed", kernel_name, Json::object(), Json(), &*error,
+                                     started_at, finished_at, elapsed_s));
   }
   if (error) {
     ++stats_.failed;
@@ -819,7 +1027,7 @@ std::optional<JobWrite> Worker::run_job(const JobRef& job, const std::stop_token
   } else {
     ++stats_.succeeded;
   }
-  return JobWrite{job, !error, std::move(record)};
+  return Outcome{JobWrite{job, !error, std::move(record), false}, std::nullopt};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -847,21 +1055,23 @@ void Worker::writer_loop(const std::stop_token& stop) {
 
   std::vector<JobWrite> marks;
   std::vector<JobWrite> finished;
+  std::vector<DoneJob> retries;  // reported once the marks before them are written
   bool closed = false;
   milliseconds delay(options_.redis_retry_min_ms);
   int refusals = 0;    // batches in a row that Redis answered with an error
   bool retry = false;  // the last attempt failed: this batch may be in Redis in part
   while (!stop.stop_requested()) {
-    if (marks.empty() && finished.empty()) {
+    if (marks.empty() && finished.empty() && retries.empty()) {
       if (closed) {
         forward(0, {});  // everything is written and reported
         return;
       }
-      if (!writes_.take(stop, marks, finished, closed)) break;
+      if (!writes_.take(stop, marks, finished, retries, closed)) break;
     } else {
-      writes_.take_now(marks, finished, closed);  // a retry also writes what came meanwhile
+      // A retry also writes what came meanwhile.
+      writes_.take_now(marks, finished, retries, closed);
     }
-    if (marks.empty() && finished.empty()) continue;
+    if (marks.empty() && finished.empty() && retries.empty()) continue;
 
     bool written = false;
     try {
@@ -888,17 +1098,19 @@ void Worker::writer_loop(const std::stop_token& stop) {
       delay = milliseconds(options_.redis_retry_min_ms);
     }
 
-    if (!finished.empty()) {
+    if (!finished.empty() || !retries.empty()) {
       DoneMsg done;
-      done.jobs.reserve(finished.size());
+      done.jobs.reserve(finished.size() + retries.size());
       for (auto& w : finished) done.jobs.push_back(DoneJob{std::move(w.job), w.ok, std::nullopt});
+      std::move(retries.begin(), retries.end(), std::back_inserter(done.jobs));
       forward(done.jobs.size(), encode(done));
       finished.clear();
+      retries.clear();
     }
   }
   // Stopped before everything was written: the stop grace ran out, or the Worker is going.
-  writes_.take_now(marks, finished, closed);
-  abandoned_ = finished.size();
+  writes_.take_now(marks, finished, retries, closed);
+  abandoned_ = finished.size() + retries.size();
 }
 
 void Worker::write_batch(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool retry,
@@ -962,6 +1174,11 @@ void Worker::finish(const std::vector<JobWrite>& records, bool retry) {
   } else if (counts.duplicates > 0) {
     spdlog::info("{} results discarded: another attempt of those jobs was recorded first",
                  counts.duplicates);
+  }
+  if (counts.fenced > 0) {
+    // This worker was presumed lost while it ran them, and the broker gave them to another.
+    stats_.fenced += counts.fenced;
+    spdlog::info("{} results discarded: a newer attempt of those jobs owns them", counts.fenced);
   }
   if (counts.orphans > 0) warn_missing_sweeps(records);
 }

@@ -19,6 +19,7 @@
 #include <zmq.hpp>
 
 #include "kernel.h"
+#include "running_jobs.h"
 #include "simq/config.h"
 #include "simq/job.h"
 #include "simq/protocol.h"
@@ -44,18 +45,27 @@ struct WorkerOptions {
   int redis_retry_max_ms = 2000;  // longest wait between Redis retries, in ms
   size_t max_result_bytes = size_t{16} << 20;  // a larger job record fails the job; 0 = no limit
   size_t max_cached_sweeps = 256;  // sweep specs kept in memory; 0 = fetch for every job
-  int stop_grace_ms = 10000;  // how long a stop waits for finished results to reach Redis, in ms
-                              // from the stop request; the rest are then abandoned (the broker
-                              // runs those jobs again); 0 = do not wait; >= 0
+  // How long a stop lets running jobs finish and their results reach Redis, in ms from the
+  // stop request; kernels still running are then stopped and unwritten results abandoned (the
+  // broker runs those jobs again); 0 = do not wait; >= 0.
+  int stop_grace_ms = 30000;
 };
 
 // Counters for logs and tests. Each is read and written atomically.
 struct WorkerStats {
-  std::atomic<uint64_t> succeeded{0};   // jobs that ended with a succeeded record
-  std::atomic<uint64_t> failed{0};      // jobs that ended failed (or whose sweep was missing)
-  std::atomic<uint64_t> cancelled{0};   // jobs stopped by a stop request, not recorded
-  std::atomic<uint64_t> malformed{0};   // messages from the broker that could not be understood
-  std::atomic<uint64_t> reconnects{0};  // times a silent broker was given up and reconnected
+  std::atomic<uint64_t> succeeded{0};      // jobs that ended with a succeeded record
+  std::atomic<uint64_t> failed{0};         // jobs that ended failed (or whose sweep was missing),
+                                           // dead-lettered and timed out ones included
+  std::atomic<uint64_t> dead_lettered{0};  // jobs failed unrun: attempt past max_attempts
+  std::atomic<uint64_t> timed_out{0};      // jobs failed because they ran past timeout_s
+  std::atomic<uint64_t> retried{0};        // failures reported for a retry, without a record
+  std::atomic<uint64_t> cancelled{0};      // jobs of sweeps cancelled by `simq cancel`: running
+                                           // ones recorded "cancelled", queued ones dropped
+  std::atomic<uint64_t> handed_back{0};    // jobs stopped by a worker stop, not recorded (the
+                                           // broker runs them again)
+  std::atomic<uint64_t> fenced{0};         // results Redis refused: a newer attempt owns the job
+  std::atomic<uint64_t> malformed{0};      // messages from the broker that could not be understood
+  std::atomic<uint64_t> reconnects{0};     // times a silent broker was given up and reconnected
 };
 
 class Worker {
@@ -67,12 +77,14 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Serves the broker until stop_requested() (simq/signals.h): then stops taking jobs, stops
-  // running kernels (their jobs are not recorded: the broker requeues them), writes the
-  // finished ones to Redis, reports them DONE, sends BYE and returns 0. Results still unwritten
-  // options.stop_grace_ms after the stop request (Redis is down) are abandoned: the broker runs
-  // those jobs again. A second stop signal returns without waiting for running jobs or writes.
-  // Throws ConfigError for a bad broker endpoint.
+  // Serves the broker until stop_requested() (simq/signals.h). Then it stops taking jobs
+  // (those not started are left to the broker, which requeues them on BYE with the same
+  // attempt), lets running kernels finish within options.stop_grace_ms of the stop request,
+  // writes their results to Redis and reports them DONE, sends BYE and returns 0. Kernels
+  // still running when the grace ends are stopped and their jobs not recorded (handed back);
+  // results still unwritten then (Redis is down) are abandoned: the broker runs those jobs
+  // again. A second stop signal stops the kernels at once and returns without waiting for
+  // them or for writes. Throws ConfigError for a bad broker endpoint.
   int run();
 
   const WorkerStats& stats() const { return stats_; }
@@ -80,6 +92,14 @@ class Worker {
  private:
   struct Connection;
   struct SpecLookup;
+
+  // How a slot's job ended.
+  struct Outcome {
+    // The terminal record to store and report DONE (an empty record: report only); for a
+    // retry, the retry mark. nullopt: handed back to the broker, neither recorded nor reported.
+    std::optional<JobWrite> write;
+    std::optional<uint64_t> retry_after_ms;  // a retry: no terminal record, report DONE with this
+  };
 
   // Jobs dispatched by the broker and not yet taken by a slot (IO thread -> slots), and how
   // many taken jobs are still unsettled: running, being written, or DONE not yet handed to a
@@ -91,8 +111,11 @@ class Worker {
     // dropped or counted); nullopt once stop is requested.
     std::optional<JobRef> pop(const std::stop_token& stop);
     size_t clear();  // drops the jobs not taken yet; returns how many
+    // Removes the sweep's jobs not taken yet and returns them, counted as taken (each must
+    // be reported DONE).
+    std::vector<JobRef> take_sweep(const std::string& sweep);
     uint64_t taken() const { return taken_.load(); }
-    // `jobs` taken jobs were reported DONE to the broker, or cancelled (never reported).
+    // `jobs` taken jobs were reported DONE to the broker, or handed back (never reported).
     void settled(uint64_t jobs);
 
    private:
@@ -115,27 +138,32 @@ class Worker {
   };
 
   // Running marks (from the IO thread) and finished jobs (from the slots), for the writer.
-  // A finished job with an empty record is only reported DONE (its sweep is missing).
+  // A finished job with an empty record is only reported DONE (its sweep is missing, or it was
+  // cancelled before it started). A retry is a mark, then a DONE with retry_after_ms.
   class WriteQueue {
    public:
     void push_marks(std::vector<JobWrite> marks);
     void push_finished(JobWrite finished);
-    // Stopping: running marks are useless once their jobs are cancelled or dropped, so the
-    // queued ones go, later ones are ignored, and take*() empty the writer's `marks` too.
+    void push_retry(JobWrite mark, uint64_t retry_after_ms);
+    // Stopping: running marks are useless once their jobs are left to the broker, and only
+    // informative for the jobs finishing in the grace, so the queued ones go, later ones are
+    // ignored, and take*() empty the writer's `marks` too.
     void drop_marks();
     void close();  // no more items: the writer flushes what it has and says so
     // Waits until something is queued or the queue is closed; moves everything queued to the
-    // end of `marks` and `finished`. Returns false if `stop` was requested.
+    // end of `marks`, `finished` and `retries`. Returns false if `stop` was requested.
     bool take(const std::stop_token& stop, std::vector<JobWrite>& marks,
-              std::vector<JobWrite>& finished, bool& closed);
+              std::vector<JobWrite>& finished, std::vector<DoneJob>& retries, bool& closed);
     // Same, without waiting.
-    void take_now(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished, bool& closed);
+    void take_now(std::vector<JobWrite>& marks, std::vector<JobWrite>& finished,
+                  std::vector<DoneJob>& retries, bool& closed);
 
    private:
     std::mutex mutex_;
     std::condition_variable_any ready_;
     std::vector<JobWrite> marks_;
     std::vector<JobWrite> finished_;
+    std::vector<DoneJob> retries_;
     bool marks_dropped_ = false;
     bool closed_ = false;
   };
@@ -150,21 +178,32 @@ class Worker {
   void handle_broker_message(Connection& connection, bool stopping);
   void on_unknown_worker(Connection& connection, bool stopping);
   void on_dispatch(std::string_view body, bool stopping);
+  void on_cancel(const std::string& sweep);
   void begin_stop();
 
-  // Slot threads.
-  void slot_loop(const std::stop_token& stop);
-  // The finished job to record and report, or nullopt if it was cancelled by a stop.
-  std::optional<JobWrite> run_job(const JobRef& job, const std::stop_token& stop);
+  // Slot threads. `slot` numbers the slot (0 to slots - 1) in running_.
+  void slot_loop(size_t slot, const std::stop_token& stop);
+  // Runs the job with `stop`, its own stop token from running_.
+  Outcome run_job(size_t slot, const JobRef& job, const std::stop_token& stop);
+  // A job stopped before its kernel started: reported without a record if its sweep was
+  // cancelled, else handed back.
+  Outcome stopped_before_start(size_t slot, const JobRef& job);
+  // A job dispatched past its max_attempts: failed unrun, saying why.
+  Outcome dead_letter(const JobRef& job, const std::string& kernel, const Json& params,
+                      uint32_t max_attempts, const std::stop_token& stop, size_t slot);
+  // The job's lost record (count 0 if it has none); nullopt if stopped while Redis was
+  // unreachable.
+  std::optional<LostRecord> lookup_lost(const JobRef& job, const std::stop_token& stop);
   JobWrite failed_job(const JobRef& job, const std::string& kernel, const std::string& error);
   SpecLookup lookup_sweep(const std::string& sweep, const std::stop_token& stop);
   std::shared_ptr<const SweepSpec> cached_spec(const std::string& sweep);
   // Reads a sweep from Redis and caches its spec; throws as Store::sweep() does. Called under
   // spec_store_mutex_.
   SpecLookup fetch_sweep(const std::string& sweep);
-  std::string job_record(const JobRef& job, const std::string& kernel, const Json& params,
-                         const Json& result, const std::string* error, double started_at,
-                         double finished_at, double elapsed_s) const;
+  // A terminal record; `status` "succeeded" needs error == nullptr.
+  Json job_record(const JobRef& job, const char* status, const std::string& kernel,
+                  const Json& params, const Json& result, const std::string* error,
+                  double started_at, double finished_at, double elapsed_s) const;
 
   // Writer thread.
   void writer_loop(const std::stop_token& stop);
@@ -180,7 +219,7 @@ class Worker {
 
   WorkerOptions options_;
   const KernelRegistry kernels_;
-  std::string kernel_list_;  // "fib, mc_pi, noop, sleep" for unknown-kernel errors
+  std::string kernel_list_;  // "fault, fib, mc_pi, noop, sleep" for unknown-kernel errors
   WorkerStats stats_;
 
   zmq::context_t context_;  // destroyed after every socket (declared before the threads)
@@ -188,6 +227,7 @@ class Worker {
   WriteQueue writes_;
   MissingSweeps missing_sweeps_;
   std::atomic<unsigned> slots_running_{0};
+  RunningJobs running_;  // the slots' jobs and their stop sources
 
   // Sweep specs by id, under specs_mutex_ (never held across a Redis call). The Store fetches
   // specs for the slots, one at a time under spec_store_mutex_ (taken before specs_mutex_).

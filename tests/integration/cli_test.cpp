@@ -270,7 +270,7 @@ TEST(Cli, HelpAndBadFlags) {
   }
   const auto kernels = run_command({bin("simq-worker"), "--list-kernels"});
   EXPECT_EQ(kernels.status, 0);
-  for (const auto* kernel : {"noop", "sleep", "fib", "mc_pi"}) {
+  for (const auto* kernel : {"noop", "sleep", "fib", "mc_pi", "fault"}) {
     EXPECT_THAT(kernels.out, HasSubstr(kernel));
   }
   EXPECT_EQ(run_command({bin("simq-worker"), "--slots", "0"}).status, 2);

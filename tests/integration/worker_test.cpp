@@ -20,6 +20,8 @@
 
 #include "simq/json.h"
 #include "simq/protocol.h"
+#include "simq/store.h"
+#include "simq/sweep.h"
 #include "test_support.h"
 
 namespace simq::test {
@@ -279,13 +281,16 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
   EXPECT_THAT(log(), HasSubstr("reconnecting"));
 }
 
-// A 3-slot simq-worker (1 s stop grace) facing a scripted broker; `hello` is its first message.
+// A simq-worker (3 slots and a 1 s stop grace unless told otherwise) facing a scripted
+// broker; `hello` is its first message.
 struct ScriptedWorker {
-  ScriptedWorker(TestCluster& cluster, const TempDir& dir)
+  explicit ScriptedWorker(const std::string& redis_url, const TempDir& dir, int slots = 3,
+                          int stop_grace_ms = 1000)
       : broker(context),
         log_file(dir.file("worker.log")),
-        process({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
-                 cluster.redis().url(), "--slots", "3", "--stop-grace-ms", "1000"},
+        process({bin("simq-worker"), "--broker", broker.endpoint(), "--redis", redis_url, "--slots",
+                 std::to_string(slots), "--stop-grace-ms", std::to_string(stop_grace_ms),
+                 "--log-level", "debug"},
                 log_file),
         hello(broker.next(5s)) {}
 
@@ -316,7 +321,7 @@ TEST(Worker, CorruptSweepRecordsFailTheirJobsInsteadOfHanging) {
   redis->command({"DEL", "simq:sweep:" + wrong_type});
   redis->command({"SET", "simq:sweep:" + wrong_type, "garbage"});
 
-  ScriptedWorker scripted(cluster, dir);
+  ScriptedWorker scripted(cluster.redis().url(), dir);
   auto& [context, broker, log_file, worker, hello] = scripted;
   const auto log = [&] { return scripted.log(); };
   ASSERT_TRUE(hello && hello->command == "HELLO") << log();
@@ -360,7 +365,7 @@ TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
   const std::string cached_sweep = trim(cached.out);
   const std::string uncached_sweep = trim(uncached.out);
 
-  ScriptedWorker scripted(cluster, dir);
+  ScriptedWorker scripted(cluster.redis().url(), dir);
   auto& [context, broker, log_file, worker, hello] = scripted;
   const auto log = [&] { return scripted.log(); };
   ASSERT_TRUE(hello && hello->command == "HELLO") << log();
@@ -402,7 +407,303 @@ TEST(Worker, StopWhileRedisHangsGivesUpAfterTheGraceAndSaysBye) {
   EXPECT_LT(took, kStopGrace + 6s) << log();
   EXPECT_THAT(log(), HasSubstr("2 finished jobs were not written to Redis"));
   EXPECT_THAT(log(), HasSubstr("the broker will run them again"));
-  EXPECT_THAT(log(), HasSubstr("3 jobs succeeded, 0 failed, 1 cancelled"));
+  EXPECT_THAT(log(),
+              HasSubstr("3 jobs succeeded, 0 failed, 0 retried, 0 cancelled, 1 handed back"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Retries, limits, cancel and stops: a real simq-worker and Redis, the test plays the broker.
+
+// Records a sweep straight in Redis, as `simq submit` does before the broker queues it.
+std::string record_sweep(const RedisServer& redis, const std::string& toml) {
+  const std::string id = new_sweep_id();
+  EXPECT_TRUE(Store(redis.address()).create_sweep(id, parse_sweep_toml(toml, "test.toml"), 0));
+  return id;
+}
+
+// The job's terminal record (null if it has none) and its running mark (null if none).
+Json record_of(const RedisServer& redis, const std::string& sweep, uint64_t index) {
+  const auto record = Store(redis.address()).job_record(sweep, index);
+  return record ? Json::parse(*record) : Json();
+}
+Json mark_of(const RedisServer& redis, const std::string& sweep, uint64_t index) {
+  const auto mark = Store(redis.address()).running_record(sweep, index);
+  return mark ? Json::parse(*mark) : Json();
+}
+
+// A scripted worker, welcomed, with helpers to dispatch and to collect reports.
+struct Served : ScriptedWorker {
+  Served(const RedisServer& redis, const TempDir& dir, int slots, int stop_grace_ms = 1000)
+      : ScriptedWorker(redis.url(), dir, slots, stop_grace_ms) {
+    if (hello && hello->command == "HELLO") {
+      broker.send(hello->worker, "WELCOME", encode(WelcomeMsg{1000, 100}));  // no silence
+    }
+  }
+
+  void dispatch(std::vector<JobRef> jobs) {
+    broker.send(hello->worker, "DISPATCH", encode(DispatchMsg{std::move(jobs)}));
+  }
+
+  // The next `count` jobs reported DONE, fewer if another message or nothing comes first
+  // (kept in `other`).
+  std::vector<DoneJob> done(size_t count, std::chrono::milliseconds timeout) {
+    std::vector<DoneJob> jobs;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (jobs.size() < count) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left <= 0ms) break;
+      other = broker.next(left);
+      if (!other || other->command != "DONE") break;
+      for (auto& job : decode_done(other->body).jobs) jobs.push_back(std::move(job));
+      other.reset();
+    }
+    return jobs;
+  }
+
+  // Waits until the job's kernel has started (the worker logs it at debug level).
+  bool started(const std::string& sweep, uint64_t index) {
+    const std::string line = fmt::format("job {}: kernel", job_id(sweep, index));
+    return wait_until([&] { return log().find(line) != std::string::npos; }, 5s);
+  }
+
+  std::optional<ScriptedBroker::Message> other;
+};
+
+TEST(Worker, JobsPastMaxAttemptsAreDeadLetteredUnrun) {
+  RedisServer redis;
+  TempDir dir;
+  // Jobs 0 and 1 would fail if they ran; job 2 succeeds.
+  const std::string sweep = record_sweep(redis,
+                                         "kernel = \"fault\"\n[options]\nmax_attempts = 3\n"
+                                         "[grid]\nmode = [\"error\", \"error\", \"ok\"]\n");
+  // As the broker does: job 0 lost with its worker three times, job 1 retried after errors.
+  Store store(redis.address());
+  store.requeue({Requeue{JobRef{sweep, 0, 2}, "w-a:1"}});
+  store.requeue({Requeue{JobRef{sweep, 0, 3}, "w-a:1"}});
+  store.requeue({Requeue{JobRef{sweep, 0, 4}, "w-b:7"}});
+  store.requeue({Requeue{JobRef{sweep, 1, 4}, ""}, Requeue{JobRef{sweep, 2, 3}, ""}});
+
+  Served worker(redis, dir, 1);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 4}, {sweep, 1, 4}, {sweep, 2, 3}});
+  const auto done = worker.done(3, 10s);
+  ASSERT_EQ(done.size(), 3u) << worker.log();
+  for (const auto& job : done) EXPECT_FALSE(job.retry_after_ms) << job.job.index;
+
+  const Json lost = record_of(redis, sweep, 0);
+  EXPECT_EQ(lost["status"], "failed") << lost.dump();
+  EXPECT_EQ(lost["dead_letter"], true) << lost.dump();
+  EXPECT_EQ(lost["error"], "worker lost 3 times: last seen running on w-b:7 (attempt 3)");
+  EXPECT_EQ(lost["attempts"], 3) << "attempts made; the 4th did not run";
+  const Json retried = record_of(redis, sweep, 1);
+  EXPECT_EQ(retried["dead_letter"], true) << retried.dump();
+  EXPECT_EQ(retried["error"], "dead-lettered: attempt 4 exceeds max_attempts 3");
+  const Json last = record_of(redis, sweep, 2);
+  EXPECT_EQ(last["status"], "succeeded") << last.dump();
+  EXPECT_EQ(last["attempts"], 3);
+  EXPECT_FALSE(last.contains("dead_letter"));
+  EXPECT_EQ(worker.process.poll(), std::nullopt) << "the worker must keep serving";
+}
+
+TEST(Worker, RetryableFailuresAreReportedForARetryWithBackoffUntilTheLastAttempt) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep = record_sweep(
+      redis,
+      "kernel = \"fault\"\n[params]\nmode = \"retryable\"\n"
+      "[options]\nmax_attempts = 3\nbackoff_s = 0.2\nbackoff_max_s = 0.3\n[grid]\ni = [0]\n");
+  Store store(redis.address());
+  Served worker(redis, dir, 1);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+
+  // Delays: min(backoff_max_s, backoff_s * 2^(attempt-1)), then 50-100% of that.
+  const std::map<uint32_t, uint64_t> full_delay_ms = {{1, 200}, {2, 300}};
+  for (uint32_t attempt = 1; attempt <= 3; ++attempt) {
+    SCOPED_TRACE(fmt::format("attempt {}", attempt));
+    if (attempt > 1) store.requeue({Requeue{JobRef{sweep, 0, attempt}, ""}});  // as the broker
+    worker.dispatch({{sweep, 0, attempt}});
+    const auto done = worker.done(1, 5s);
+    ASSERT_EQ(done.size(), 1u) << worker.log();
+    EXPECT_EQ(done[0].job.attempt, attempt);
+    EXPECT_FALSE(done[0].ok);
+    if (attempt < 3) {
+      ASSERT_TRUE(done[0].retry_after_ms) << worker.log();
+      EXPECT_GE(*done[0].retry_after_ms, full_delay_ms.at(attempt) / 2);
+      EXPECT_LE(*done[0].retry_after_ms, full_delay_ms.at(attempt));
+      EXPECT_TRUE(record_of(redis, sweep, 0).is_null()) << "no terminal record before the last";
+      Json mark;
+      ASSERT_TRUE(wait_until(
+          [&] {
+            mark = mark_of(redis, sweep, 0);
+            return mark.is_object() && mark["status"] == "retrying";
+          },
+          5s))
+          << mark.dump();
+      EXPECT_EQ(mark["attempts"], attempt);
+      EXPECT_EQ(mark["error"], "fault: asked to fail (retryable)");
+      EXPECT_DOUBLE_EQ(mark["retry_after_s"].get<double>(),
+                       static_cast<double>(*done[0].retry_after_ms) / 1000);
+    } else {
+      EXPECT_FALSE(done[0].retry_after_ms);
+      const Json record = record_of(redis, sweep, 0);
+      EXPECT_EQ(record["status"], "failed") << record.dump();
+      EXPECT_EQ(record["error"], "fault: asked to fail (retryable) (attempt 3 of 3)");
+      EXPECT_EQ(record["attempts"], 3);
+    }
+  }
+}
+
+TEST(Worker, AJobPastItsTimeLimitFailsAndFreesItsSlot) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep = record_sweep(redis,
+                                         "kernel = \"sleep\"\n[options]\ntimeout_s = 0.3\n[grid]\n"
+                                         "seconds = [10, 0.01]\n");
+  Served worker(redis, dir, 1);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  const auto start = std::chrono::steady_clock::now();
+  worker.dispatch({{sweep, 0, 1}, {sweep, 1, 1}});  // one slot: job 1 waits for job 0
+  const auto done = worker.done(2, 5s);
+  ASSERT_EQ(done.size(), 2u) << worker.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s) << "a 10 s job, stopped at 0.3 s";
+  EXPECT_EQ(done[0].job.index, 0u);
+  EXPECT_FALSE(done[0].ok);
+  EXPECT_FALSE(done[0].retry_after_ms) << "a timeout is not retried";
+  EXPECT_EQ(done[1].job.index, 1u);
+  EXPECT_TRUE(done[1].ok);
+  const Json record = record_of(redis, sweep, 0);
+  EXPECT_EQ(record["status"], "failed") << record.dump();
+  EXPECT_EQ(record["error"], "timed out after 0.3 s");
+  EXPECT_EQ(record_of(redis, sweep, 1)["status"], "succeeded");
+}
+
+TEST(Worker, CancelStopsRunningJobsAndDropsQueuedOnes) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep =
+      record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [10, 10, 10]\n");
+  Served worker(redis, dir, 1);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 1}, {sweep, 1, 1}});  // one slot: job 1 is queued in the worker
+  ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
+
+  // As the broker does: the sweep is cancelled in Redis, then every worker told.
+  ASSERT_EQ(Store(redis.address()).cancel_sweep(sweep), CancelOutcome::kCancelled);
+  const auto start = std::chrono::steady_clock::now();
+  worker.broker.send(worker.hello->worker, "CANCEL", encode(CancelMsg{0, sweep}));
+  auto done = worker.done(2, 5s);
+  ASSERT_EQ(done.size(), 2u) << worker.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  const Json running = record_of(redis, sweep, 0);
+  EXPECT_EQ(running["status"], "cancelled") << running.dump();
+  EXPECT_EQ(running["error"], "cancelled by simq cancel");
+  EXPECT_TRUE(record_of(redis, sweep, 1).is_null()) << "a queued job is dropped unrecorded";
+
+  // A job of the sweep dispatched just after the cancel is not run either.
+  worker.dispatch({{sweep, 2, 1}});
+  done = worker.done(1, 2s);
+  ASSERT_EQ(done.size(), 1u) << worker.log();
+  EXPECT_EQ(done[0].job.index, 2u);
+  EXPECT_TRUE(record_of(redis, sweep, 2).is_null());
+  const auto info = Store(redis.address()).sweep(sweep);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->cancelled, 1u);
+  EXPECT_EQ(info->unrun(), 2u);
+
+  // A CANCEL without a sweep id is counted as malformed; the worker serves on.
+  worker.broker.send(worker.hello->worker, "CANCEL", encode(PingMsg{7}));
+  EXPECT_TRUE(
+      wait_until([&] { return worker.log().find("malformed CANCEL") != std::string::npos; }, 5s))
+      << worker.log();
+  EXPECT_EQ(worker.process.poll(), std::nullopt);
+}
+
+TEST(Worker, StopLetsRunningJobsFinishAndRecordsThem) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep =
+      record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [1.0, 1.0]\n");
+  Served worker(redis, dir, 1, 30000);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 1}, {sweep, 1, 1}});  // job 1 is queued, not started
+  ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
+
+  worker.process.signal(SIGTERM);
+  const auto done = worker.done(1, 5s);
+  ASSERT_EQ(done.size(), 1u) << worker.log();
+  EXPECT_EQ(done[0].job.index, 0u);
+  EXPECT_TRUE(done[0].ok);
+  const auto bye = worker.broker.next(5s);
+  ASSERT_TRUE(bye) << worker.log();
+  EXPECT_EQ(bye->command, "BYE") << "job 1 is left to the broker, unreported";
+  EXPECT_EQ(worker.process.wait(5s), 0) << worker.log();
+  EXPECT_EQ(record_of(redis, sweep, 0)["status"], "succeeded");
+  EXPECT_TRUE(record_of(redis, sweep, 1).is_null());
+}
+
+TEST(Worker, StopPastTheGraceHandsRunningJobsBack) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep = record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [10]\n");
+  Served worker(redis, dir, 1, 200);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 1}});
+  ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
+
+  const auto start = std::chrono::steady_clock::now();
+  worker.process.signal(SIGTERM);
+  const auto bye = worker.broker.next(5s);
+  ASSERT_TRUE(bye) << worker.log();
+  EXPECT_EQ(bye->command, "BYE") << "the stopped job is not reported\n" << worker.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1500ms);
+  EXPECT_EQ(worker.process.wait(5s), 0) << worker.log();
+  EXPECT_TRUE(record_of(redis, sweep, 0).is_null());
+  EXPECT_THAT(worker.log(), HasSubstr("stopping 1 running jobs"));
+  EXPECT_THAT(worker.log(), HasSubstr("1 handed back"));
+}
+
+TEST(Worker, ASecondStopSignalStopsRunningJobsAtOnce) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep = record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [10]\n");
+  Served worker(redis, dir, 1, 30000);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 1}});
+  ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
+
+  worker.process.signal(SIGTERM);
+  ASSERT_TRUE(wait_until([&] { return worker.log().find("stopping:") != std::string::npos; }, 5s))
+      << worker.log();
+  const auto start = std::chrono::steady_clock::now();
+  worker.process.signal(SIGTERM);
+  const auto bye = worker.broker.next(5s);
+  ASSERT_TRUE(bye) << worker.log();
+  EXPECT_EQ(bye->command, "BYE") << worker.log();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 1500ms) << "not the 30 s grace";
+  EXPECT_EQ(worker.process.wait(5s), 0) << worker.log();
+  EXPECT_TRUE(record_of(redis, sweep, 0).is_null());
+}
+
+TEST(Worker, AResultOfAStaleAttemptIsNotStored) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string sweep = record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [0.5]\n");
+  Served worker(redis, dir, 1);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+  worker.dispatch({{sweep, 0, 1}});
+  ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
+  // The broker presumed this worker lost and gave the job to another as attempt 2.
+  Store(redis.address()).requeue({Requeue{JobRef{sweep, 0, 2}, "this-one:1"}});
+
+  const auto done = worker.done(1, 5s);
+  ASSERT_EQ(done.size(), 1u) << worker.log();
+  EXPECT_TRUE(record_of(redis, sweep, 0).is_null()) << record_of(redis, sweep, 0).dump();
+  const auto info = Store(redis.address()).sweep(sweep);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->fenced, 1u);
+  EXPECT_EQ(info->succeeded, 0u);
+  EXPECT_THAT(worker.log(), HasSubstr("1 results discarded: a newer attempt of those jobs owns"));
 }
 
 }  // namespace

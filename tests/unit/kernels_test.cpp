@@ -41,7 +41,8 @@ class KernelsTest : public ::testing::Test {
 };
 
 TEST_F(KernelsTest, RegistryListsBuiltinsSorted) {
-  EXPECT_EQ(registry_.names(), (std::vector<std::string>{"fib", "mc_pi", "noop", "sleep"}));
+  EXPECT_EQ(registry_.names(),
+            (std::vector<std::string>{"fault", "fib", "mc_pi", "noop", "sleep"}));
   for (const auto& name : registry_.names()) {
     ASSERT_NE(registry_.find(name), nullptr) << name;
     EXPECT_EQ(registry_.find(name)->name(), name);
@@ -170,6 +171,41 @@ TEST_F(KernelsTest, SleepBadParams) {
             "param 'seconds': expected a number >= 0, got -1");
   EXPECT_EQ(error_of("sleep", {{"seconds", "1s"}}),
             R"(param 'seconds': expected number, got string "1s")");
+}
+
+TEST_F(KernelsTest, FaultFailsTheWayItIsAsked) {
+  EXPECT_EQ(run("fault", Json::object()), (Json{{"mode", "ok"}}));
+  EXPECT_EQ(run("fault", {{"mode", "ok"}, {"seconds", 0.01}}), (Json{{"mode", "ok"}}));
+  EXPECT_EQ(error_of("fault", {{"mode", "error"}}), "fault: asked to fail");
+  try {
+    run("fault", {{"mode", "retryable"}});
+    FAIL() << "no error";
+  } catch (const RetryableError& e) {
+    EXPECT_EQ(std::string(e.what()), "fault: asked to fail (retryable)");
+  }
+  // A plain error is not retryable: the worker tells them apart by type.
+  try {
+    run("fault", {{"mode", "error"}});
+    FAIL() << "no error";
+  } catch (const KernelError& e) {
+    EXPECT_EQ(dynamic_cast<const RetryableError*>(&e), nullptr);
+  }
+}
+
+TEST_F(KernelsTest, FaultBadParams) {
+  EXPECT_EQ(
+      error_of("fault", {{"mode", "crash"}}),
+      R"(param 'mode': expected one of ok, error, retryable, segv, abort, exit, got string "crash")");
+  EXPECT_EQ(error_of("fault", {{"mode", 1}}), "param 'mode': expected string, got integer 1");
+  EXPECT_EQ(error_of("fault", {{"seconds", -1}}),
+            "param 'seconds': expected a number >= 0, got -1");
+}
+
+TEST_F(KernelsTest, FaultSleepIsCutShortByAStopRequest) {
+  std::stop_source stop;
+  stop.request_stop();
+  const KernelContext ctx{JobRef{"s1", 0, 1}, stop.get_token()};
+  EXPECT_THROW(kernel("fault").run({{"mode", "error"}, {"seconds", 3600}}, ctx), KernelCancelled);
 }
 
 TEST(ParamHelpers, LongValuesAreShortenedInMessages) {
