@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -24,6 +25,7 @@
 #include "simq/signals.h"
 #include "simq/store.h"
 #include "simq/sweep.h"
+#include "verify.h"
 
 namespace simq {
 
@@ -90,13 +92,29 @@ class ResultsOutput {
 
 // Submits under a fresh sweep id (another one if that id is taken); returns the id. `what`
 // names the spec in errors (the sweep file).
-std::string submit_sweep(BrokerClient& client, const SweepSpec& spec, std::string_view what) {
-  const SubmittedMsg reply = submit_under_fresh_id(
-      [&](const std::string& id) { return client.submit(id, spec, what, kDefaultBrokerTimeout); },
-      new_sweep_id);
-  spdlog::info("sweep {}: {} jobs queued{}", reply.sweep_id, reply.total,
-               reply.existed ? " (answered to a resent SUBMIT)" : "");
-  return reply.sweep_id;
+// `timeout_s` 0 = keep trying for ever. std::nullopt (after saying so) if a stop signal ended
+// the wait for the broker.
+std::optional<std::string> submit_sweep(BrokerClient& client, const SweepSpec& spec,
+                                        std::string_view what, double timeout_s) {
+  const auto timeout = std::chrono::milliseconds(std::llround(timeout_s * 1000.0));
+  try {
+    const SubmittedMsg reply = submit_under_fresh_id(
+        [&](const std::string& id) { return client.submit(id, spec, what, timeout); },
+        new_sweep_id);
+    spdlog::info("sweep {}: {} jobs queued{}", reply.sweep_id, reply.total,
+                 reply.existed ? " (answered to a resent SUBMIT)" : "");
+    return reply.sweep_id;
+  } catch (const Interrupted& e) {
+    std::cerr << "simq: " << e.what() << "\n";
+    return std::nullopt;
+  }
+}
+
+// Sends the client's notices (why it waits for the broker) to stderr as "simq: ...".
+void print_notices(BrokerClient& client) {
+  client.set_notice([](const std::string& line) {
+    std::cerr << "simq: " << line << std::endl;  // flushed: a script may watch for it
+  });
 }
 
 // Waits for the sweep, then prints its results (also after Ctrl-C or a broken cluster: the
@@ -154,8 +172,10 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   if (redis_given(common)) {
     Store store = open_store(redis_url(common));
     BrokerClient client(broker_endpoint(common));
-    const std::string sweep = submit_sweep(client, spec, options.sweep_file);
-    return wait_and_print(store, sweep, format, output, nullptr);
+    print_notices(client);
+    const auto sweep = submit_sweep(client, spec, options.sweep_file, options.submit_timeout_s);
+    if (!sweep) return kExitInterrupted;
+    return wait_and_print(store, *sweep, format, output, nullptr);
   }
 
   if (!common.broker.empty()) {
@@ -173,8 +193,9 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   {
     Store store = open_store(cluster.redis_url());
     BrokerClient client(cluster.frontend());
-    const std::string sweep = submit_sweep(client, spec, options.sweep_file);
-    code = wait_and_print(store, sweep, format, output, &cluster);
+    print_notices(client);
+    const auto sweep = submit_sweep(client, spec, options.sweep_file, options.submit_timeout_s);
+    code = sweep ? wait_and_print(store, *sweep, format, output, &cluster) : kExitInterrupted;
   }
   cluster.stop();
   std::cerr << kEmbeddedNote << "\n";
@@ -222,10 +243,12 @@ int submit_command(const CommonOptions& common, const SubmitOptions& options) {
   Store store = open_store(redis_url(common));
   if (options.wait) install_stop_handlers();
   BrokerClient client(broker_endpoint(common));
-  const std::string sweep = submit_sweep(client, spec, options.sweep_file);
-  std::cout << sweep << std::endl;  // flushed: a script reading the id need not wait
+  print_notices(client);
+  const auto sweep = submit_sweep(client, spec, options.sweep_file, options.submit_timeout_s);
+  if (!sweep) return kExitInterrupted;
+  std::cout << *sweep << std::endl;  // flushed: a script reading the id need not wait
   if (!options.wait) return kExitOk;
-  const int code = wait_sweep(store, sweep, WaitOptions{});
+  const int code = wait_sweep(store, *sweep, WaitOptions{});
   return stop_requested() ? kExitInterrupted : code;
 }
 
@@ -258,6 +281,44 @@ int status_command(const CommonOptions& common, const StatusOptions& options) {
   Store store = open_store(redis_url(common));
   const auto sweep = options.sweep.empty() ? std::nullopt : std::optional(options.sweep);
   const int code = print_status(store, sweep, std::cout);
+  std::cout.flush();
+  return code;
+}
+
+int cancel_command(const CommonOptions& common, const CancelOptions& options) {
+  BrokerClient client(broker_endpoint(common));
+  print_notices(client);
+  const CancelledMsg reply = client.cancel(options.sweep);
+  if (reply.outcome == "cancelled") {
+    std::cout << fmt::format(
+        "cancelled sweep {}: {} queued job{} dropped, {} running asked to stop\n", options.sweep,
+        reply.dropped, reply.dropped == 1 ? "" : "s", reply.running);
+    return kExitOk;
+  }
+  if (reply.outcome == "not_running") {
+    // How it ended is in Redis; the answer stands without it.
+    std::string how;
+    try {
+      Store store = open_store(redis_url(common));
+      if (const auto info = store.sweep(options.sweep)) how = " (" + info->status + ")";
+    } catch (const Error& e) {
+      spdlog::info("cannot read sweep {} from Redis: {}", options.sweep, e.what());
+    }
+    std::cout << fmt::format("sweep {} had already finished{}\n", options.sweep, how);
+    return kExitOk;
+  }
+  if (reply.outcome == "no_sweep") {
+    std::cerr << fmt::format("simq: no sweep {} in Redis\n", options.sweep);
+    return kExitJobsFailed;
+  }
+  throw ProtocolError(fmt::format("the broker at {} answered CANCEL with outcome \"{}\"",
+                                  client.endpoint(), reply.outcome));
+}
+
+int verify_command(const CommonOptions& common, const VerifyOptions& options) {
+  const bool json = parse_verify_format(options.format);
+  Store store = open_store(redis_url(common));
+  const int code = verify_sweep(store, options.sweep, json, std::cout);
   std::cout.flush();
   return code;
 }

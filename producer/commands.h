@@ -23,6 +23,8 @@ struct RunOptions {
   unsigned slots = 0;            // slots per worker; 0 = cores / workers, at least 1
   std::string format = "table";  // table, csv or jsonl
   std::string output;            // file for the results; "" = stdout
+  double submit_timeout_s = 60;  // give up submitting after this long (broker full, down or
+                                 // without Redis); 0 = keep trying for ever
 };
 
 struct UpOptions {
@@ -32,7 +34,8 @@ struct UpOptions {
 
 struct SubmitOptions {
   std::string sweep_file;
-  bool wait = false;  // then wait as `simq wait` does
+  bool wait = false;             // then wait as `simq wait` does
+  double submit_timeout_s = 60;  // as RunOptions::submit_timeout_s
 };
 
 struct WaitCommandOptions {
@@ -55,6 +58,15 @@ struct StatusOptions {
   std::string sweep;  // "" = the newest sweeps and the broker
 };
 
+struct CancelOptions {
+  std::string sweep;
+};
+
+struct VerifyOptions {
+  std::string sweep;
+  std::string format = "text";  // text or json
+};
+
 // With neither --redis nor $SIMQ_REDIS: a local cluster (redis-server, broker, workers) for the
 // one sweep, stopped after the results are printed. Otherwise: submit to --broker and wait.
 // Returns kExitOk if every job succeeded, kExitJobsFailed if some failed.
@@ -71,5 +83,12 @@ int wait_command(const CommonOptions& common, const WaitCommandOptions& options)
 int results_command(const CommonOptions& common, const ResultsOptions& options);
 int get_command(const CommonOptions& common, const GetOptions& options);
 int status_command(const CommonOptions& common, const StatusOptions& options);
+
+// Asks the broker to cancel the sweep. Exit kExitOk if it was cancelled or had finished already,
+// kExitJobsFailed if there is no such sweep; ConnectError (exit 3) if the broker does not answer.
+int cancel_command(const CommonOptions& common, const CancelOptions& options);
+
+// Reconciles the sweep's records, completion stream and counters in Redis (verify.h).
+int verify_command(const CommonOptions& common, const VerifyOptions& options);
 
 }  // namespace simq

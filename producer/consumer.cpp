@@ -75,8 +75,66 @@ Json derived_params(const std::optional<SweepSpec>& spec, uint64_t index) {
 }
 
 bool is_finished(const SweepInfo& info) {
-  return info.status == "done" || info.done() >= info.total;
+  return info.status == "done" || info.status == "cancelled" || info.done() >= info.total;
 }
+
+// The record `simq results` and `simq get` show for a job of a cancelled sweep that has none.
+Json never_ran_record(const SweepInfo& info, const std::optional<SweepSpec>& spec, uint64_t index) {
+  Json record = Json::object();
+  record["job"] = job_id(info.id, index);
+  record["sweep"] = info.id;
+  record["index"] = index;
+  record["status"] = "cancelled";
+  record["kernel"] = info.kernel;
+  record["params"] = derived_params(spec, index);
+  record["result"] = nullptr;
+  record["error"] = "never ran: the sweep was cancelled";
+  record["attempts"] = 0;
+  return record;
+}
+
+// Sleeps up to `duration`, in short steps so that a stop signal ends it at once.
+void sleep_unless_stopped(Clock::duration duration) {
+  const auto until = Clock::now() + duration;
+  constexpr auto kStep = std::chrono::milliseconds(50);
+  for (auto now = Clock::now(); now < until && !stop_requested(); now = Clock::now()) {
+    std::this_thread::sleep_for(std::min<Clock::duration>(kStep, until - now));
+  }
+}
+
+// Retries while Redis is unreachable: says so once an outage (and again when it is over), and
+// waits 200 ms, doubling to 5 s, between attempts. Not thread-safe.
+class OutageRetry {
+ public:
+  explicit OutageRetry(std::string url) : url_(std::move(url)) {}
+
+  // A read failed with `error`: says so (the first time) and waits before the next try, at
+  // most `limit`.
+  void failed(const std::string& error, Clock::duration limit) {
+    if (!down_) {
+      complain("Redis at {} unreachable: {}; retrying", url_, error);
+      down_ = true;
+    }
+    sleep_unless_stopped(std::min<Clock::duration>(delay_, limit));
+    delay_ = std::min(kMaxDelay, delay_ * 2);
+  }
+
+  // A read succeeded.
+  void succeeded() {
+    if (!down_) return;
+    complain("Redis at {} is reachable again; resuming", url_);
+    down_ = false;
+    delay_ = kFirstDelay;
+  }
+
+ private:
+  static constexpr std::chrono::milliseconds kFirstDelay{200};
+  static constexpr std::chrono::milliseconds kMaxDelay{5000};
+
+  std::string url_;
+  bool down_ = false;
+  std::chrono::milliseconds delay_ = kFirstDelay;
+};
 
 std::string plural(uint64_t count, std::string_view word) {
   return fmt::format("{} {}{}", count, word, count == 1 ? "" : "s");
@@ -186,7 +244,8 @@ class IndexRuns {
   size_t next_ = 0;
 };
 
-// Calls visit(index, record) for each job of the sweep with a terminal record, in job order,
+// Calls visit(index, record) for each job of the sweep with a terminal record (and, for a
+// cancelled sweep, each job that never ran: never_ran_record()), in job order,
 // reading kRecordChunk records per round trip. With `only`, chunks and indices it does not
 // contain are skipped. Returns false if a stop signal came after the first `signals_before`.
 template <typename Visit>
@@ -199,7 +258,12 @@ bool for_each_record(Store& store, const SweepInfo& info, const std::optional<Sw
     const auto texts = store.job_records(info.id, first, count);
     for (uint64_t i = 0; i < texts.size(); ++i) {
       const uint64_t index = first + i;
-      if (!texts[i] || (only != nullptr && !only->contains(index))) continue;
+      if (only != nullptr && !only->contains(index)) continue;
+      if (!texts[i]) {
+        // A cancelled sweep's job without a record will never have one.
+        if (info.status == "cancelled") visit(index, never_ran_record(info, spec, index));
+        continue;
+      }
       Json record = parse_job_record(*texts[i], info.id, index);
       if (record["status"] == "corrupt" && record["params"].is_null()) {
         record["params"] = derived_params(spec, index);
@@ -218,7 +282,9 @@ std::string job_view(const Json& record, double now) {
   };
   out += view_line("job", text(member(record, "job")));
   const std::string status = text(member(record, "status"));
-  out += view_line("status", status);
+  const Json* dead = member(record, "dead_letter");
+  const bool dead_letter = dead != nullptr && dead->is_boolean() && dead->get<bool>();
+  out += view_line("status", dead_letter ? status + " (dead-lettered)" : status);
   if (const Json* kernel = member(record, "kernel")) out += view_line("kernel", text(kernel));
   const Json* params = member(record, "params");
   out += view_line("params", params ? dump_lenient(*params) : "?");
@@ -284,6 +350,27 @@ void print_broker(Store& store, std::ostream& out) {
     const size_t pad = name_width - text_width(row[0]);
     out << fmt::format("  {}{}  {}, {}\n", row[0], std::string(pad, ' '), row[1], row[2]);
   }
+  // The broker's view of Redis: down now (since > 0), or how many outages it rode out.
+  if (const Json* outage = member(*status, "redis_outage"); outage && outage->is_object()) {
+    const Json* since = member(*outage, "since");
+    const Json* error = member(*outage, "last_error");
+    const Json* last = member(*outage, "last_seconds");
+    const std::string why = error != nullptr ? format_cell(*error, CellStyle::kTable) : "";
+    const uint64_t outages = count_at(*outage, "outages");
+    if (since != nullptr && since->is_number() && since->get<double>() > 0) {
+      out << fmt::format("broker: cannot reach Redis since {}{}\n",
+                         time_and_age(since->get<double>(), unix_time()),
+                         why.empty() ? "" : ": " + why);
+    } else if (outages > 0) {
+      std::string detail;
+      if (last != nullptr && last->is_number()) {
+        detail = "the last one " + format_duration(last->get<double>());
+      }
+      if (!why.empty()) detail += (detail.empty() ? "" : ", ") + why;
+      out << fmt::format("broker: {} of Redis so far{}\n", plural(outages, "outage"),
+                         detail.empty() ? "" : " (" + detail + ")");
+    }
+  }
 }
 
 }  // namespace
@@ -326,6 +413,7 @@ std::string stall_note(std::chrono::steady_clock::duration stalled,
 }
 
 int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& options) {
+  // The first read fails fast (exit 3) if Redis is unreachable; later ones are retried.
   auto info = store.sweep(sweep);
   if (!info) {
     sweep_not_found(store, sweep);
@@ -343,9 +431,11 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
   };
   ProgressDisplay progress(options.progress && !options.quiet && !is_finished(*info));
   StallTimer stall(options.stall_notice, options.stall_repeat, start);
+  OutageRetry outage(store.redis().address().url());
   uint64_t done_before = info->done();
   std::string cursor = "0";
-  while (!is_finished(*info)) {
+  bool ended = false;  // the stream's final entry was read
+  while (!ended && !is_finished(*info)) {
     progress.show(*info, rate(), elapsed_s());
     if (stop_requested()) {
       progress.end();
@@ -354,6 +444,7 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
       return kExitJobsFailed;
     }
     auto block = kEventBlock;
+    auto left = std::chrono::milliseconds::max();
     if (options.timeout_s > 0) {
       const double left_s = options.timeout_s - elapsed_s();
       if (left_s <= 0) {
@@ -362,38 +453,49 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
                  info->total);
         return kExitJobsFailed;
       }
-      const auto left = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(left_s * 1e3)));
+      left = std::chrono::milliseconds(static_cast<int64_t>(std::ceil(left_s * 1e3)));
       block = std::clamp(left, std::chrono::milliseconds(1), kEventBlock);  // BLOCK 0 = for ever
     }
     const auto read_at = Clock::now();
     std::vector<StreamEvent> events;
+    std::optional<SweepInfo> now_info;
     try {
       events = store.read_events(sweep, cursor, block, kEventBatch);
-    } catch (const ConnectError&) {
-      if (!stop_requested()) throw;
-      continue;  // a signal cut the read short: report at the top of the loop
+      for (const auto& event : events) ended = ended || event.sweep_done;
+      if (!events.empty()) cursor = events.back().id;
+      if (events.size() == kEventBatch && !ended) {
+        // Far behind the stream: the counts come from the sweep record, so skip to its end.
+        if (auto newest = store.newest_event_id(sweep)) cursor = std::move(*newest);
+      }
+      now_info = store.sweep(sweep);
+    } catch (const ConnectError& e) {
+      if (stop_requested()) continue;  // a signal cut the read short: report at the top
+      // Redis went away (restart, network): keep waiting; the stream resumes at `cursor`.
+      progress.end();
+      outage.failed(e.what(), left);
+      continue;
     }
-    bool sweep_done = false;
-    for (const auto& event : events) sweep_done = sweep_done || event.sweep_done;
-    if (!events.empty()) cursor = events.back().id;
-    if (events.size() == kEventBatch && !sweep_done) {
-      // Far behind the stream: the counts come from the sweep record, so skip to its end.
-      if (auto newest = store.newest_event_id(sweep)) cursor = std::move(*newest);
-    }
-    info = store.sweep(sweep);
-    if (!info) {
+    outage.succeeded();
+    if (!now_info) {
       progress.end();
       complain("sweep {} disappeared from Redis at {} while waiting (expired or deleted)", sweep,
                store.redis().address().url());
       return kExitJobsFailed;
     }
-    if (sweep_done) break;
+    info = std::move(now_info);
+    if (ended) break;
     if (info->done() != done_before) {
       done_before = info->done();
       stall.progressed(Clock::now());
     } else if (const auto stalled = stall.due(Clock::now()); stalled && !options.quiet) {
       // No job has finished for a while: perhaps no broker or no worker is running.
-      const auto note = stall_note(*stalled, store.broker_status(), store.redis().address().url());
+      std::optional<Json> broker;
+      try {
+        broker = store.broker_status();
+      } catch (const ConnectError&) {
+        continue;  // the next read says so
+      }
+      const auto note = stall_note(*stalled, broker, store.redis().address().url());
       progress.end();
       fmt::print(stderr, "{}\n", note);
       std::fflush(stderr);
@@ -404,6 +506,11 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
   }
   if (progress.on_tty()) progress.show(*info, rate(), elapsed_s());
   progress.end();
+  if (info->status == "cancelled") {
+    complain("sweep {} was cancelled: {} succeeded, {} failed, {} cancelled, {} never ran", sweep,
+             info->succeeded, info->failed, info->cancelled, info->unrun());
+    return kExitJobsFailed;
+  }
   if (!options.quiet) {
     const double took_s = info->finished_at >= info->created_at && info->finished_at > 0
                               ? info->finished_at - info->created_at
@@ -502,6 +609,8 @@ int print_job(Store& store, const std::string& job_id, bool json, std::ostream& 
     if (record["status"] == "corrupt") info = store.sweep(sweep);  // for kernel and params
   } else if (running) {
     record = parse_job_record(*running, sweep, index);
+  } else if (info && index < info->total && info->status == "cancelled") {
+    record = never_ran_record(*info, std::nullopt, index);
   } else if (info && index < info->total) {
     record = Json::object();
     record["job"] = simq::job_id(sweep, index);
@@ -525,7 +634,8 @@ int print_job(Store& store, const std::string& job_id, bool json, std::ostream& 
   }
   out << (json ? pretty(record) + '\n' : job_view(record, unix_time()));
   // A job that ended without a usable result: exit 1, as `simq wait` does for its sweep.
-  const bool failed = record["status"] == "failed" || record["status"] == "corrupt";
+  const bool failed = record["status"] == "failed" || record["status"] == "corrupt" ||
+                      record["status"] == "cancelled";
   return failed ? kExitJobsFailed : kExitOk;
 }
 
@@ -556,15 +666,26 @@ int print_status(Store& store, const std::optional<std::string>& sweep, std::ost
     return kExitJobsFailed;
   }
   const uint64_t running = store.running_count(*sweep);
-  const uint64_t waiting = info->total - std::min(info->total, info->done() + running);
+  // A cancelled sweep's jobs without a record never run (a job still running may yet finish).
+  const bool cancelled = info->status == "cancelled";
+  const uint64_t waiting =
+      cancelled ? 0 : info->total - std::min(info->total, info->done() + running);
   out << view_line("sweep", info->id);
   out << view_line("name", info->name.empty() ? "-" : info->name);
   out << view_line("kernel", info->kernel);
   out << view_line("status", info->status);
-  out << view_line("jobs", fmt::format("{}/{} done: {} succeeded, {} failed", info->done(),
-                                       info->total, info->succeeded, info->failed));
+  std::string jobs = fmt::format("{}/{} done: {} succeeded, {} failed", info->done(), info->total,
+                                 info->succeeded, info->failed);
+  if (cancelled || info->cancelled > 0) jobs += fmt::format(", {} cancelled", info->cancelled);
+  out << view_line("jobs", jobs);
   out << view_line("running", std::to_string(running));
   out << view_line("queued", std::to_string(waiting));
+  if (cancelled) out << view_line("never ran", std::to_string(info->unrun()));
+  if (info->fenced > 0 || info->duplicates > 0) {
+    // Results the store turned away: late ones from an outdated attempt, repeated ones.
+    out << view_line("refused", fmt::format("{} fenced, {} duplicate{}", info->fenced,
+                                            info->duplicates, info->duplicates == 1 ? "" : "s"));
+  }
   out << view_line("created", time_and_age(info->created_at, now));
   std::string finished = time_and_age(info->finished_at, now);
   if (info->finished_at > 0 && info->finished_at >= info->created_at) {

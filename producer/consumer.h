@@ -58,9 +58,13 @@ class StallTimer {
 std::string stall_note(std::chrono::steady_clock::duration stalled,
                        const std::optional<Json>& broker_status, std::string_view redis_url);
 
-// Follows the sweep's completion stream (XREAD BLOCK) until every job has a terminal record.
-// Progress: "[#####-----] 512/1000  failed 3  1234 jobs/s  ETA 0:00:05" on stderr.
-// Returns kExitOk if all succeeded, kExitJobsFailed if some failed or the sweep is unknown
+// Follows the sweep's completion stream (XREAD BLOCK) until every job has a terminal record or
+// the sweep is cancelled. Progress: "[#####-----] 512/1000  failed 3  1234 jobs/s  ETA 0:00:05"
+// on stderr. The first read throws ConnectError if Redis is unreachable; once the sweep has
+// been read, an unreachable Redis is retried (200 ms doubling to 5 s) with one notice
+// "simq: Redis at <url> unreachable: ...; retrying", and the stream resumes where it stopped.
+// Returns kExitOk if all succeeded, kExitJobsFailed if some failed, the sweep was cancelled
+// ("sweep <id> was cancelled: a succeeded, b failed, c cancelled, d never ran") or is unknown
 // (message "sweep <id> not found in Redis at <url>" on stderr).
 int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& options);
 
@@ -71,21 +75,26 @@ ResultFormat parse_result_format(const std::string& text);
 
 // Writes the terminal records of a sweep in job order. table/csv: columns job, status, one
 // per parameter (in sweep order), one per top-level result key, attempts, error. jsonl: one
-// JSON object per job with at least job, status, params, result, error, attempts. Jobs
-// without a terminal record yet are left out, with a note on stderr
+// JSON object per job with at least job, status, params, result, error, attempts. In a
+// cancelled sweep, jobs without a record are shown with status "cancelled" and error "never
+// ran: the sweep was cancelled". Otherwise jobs without a terminal record yet are left out,
+// with a note on stderr
 // "simq: N of M jobs of sweep <id> have no result yet".
 // Returns kExitOk, or kExitJobsFailed if the sweep is not found.
 int print_results(Store& store, const std::string& sweep, ResultFormat format, std::ostream& out);
 
 // One job ("<sweep>:<index>"): status, params, result or error, attempts, worker, timings.
-// Queued and running jobs are shown too (params derived from the sweep spec).
-// Returns kExitOk, kExitJobsFailed if the job failed (its record is printed all the same; also
-// for an unreadable "corrupt" record) or is not found, kExitUsage if the id is malformed.
+// Queued and running jobs are shown too (params derived from the sweep spec), and a cancelled
+// sweep's jobs that never ran as "cancelled". A dead-lettered record shows "failed
+// (dead-lettered)". Returns kExitOk, kExitJobsFailed if the job failed or was cancelled (its
+// record is printed all the same; also for an unreadable "corrupt" record) or is not found,
+// kExitUsage if the id is malformed.
 int print_job(Store& store, const std::string& job_id, bool json, std::ostream& out);
 
 // No sweep: the newest sweeps (id, name, kernel, done/failed/total, status, age) and the
-// broker's snapshot (workers, slots, queued, in flight; or "broker: no status in Redis ...").
-// With a sweep: its counts. Returns kExitOk, or kExitJobsFailed if the sweep is not found.
+// broker's snapshot (workers, slots, queued, in flight, its Redis outages; or "broker: no
+// status in Redis ..."). With a sweep: its counts (cancelled, never ran, refused results where
+// there are any). Returns kExitOk, or kExitJobsFailed if the sweep is not found.
 int print_status(Store& store, const std::optional<std::string>& sweep, std::ostream& out);
 
 }  // namespace simq

@@ -29,6 +29,16 @@ void add_cluster_options(CLI::App& command, unsigned& workers, unsigned& slots) 
       ->check(CLI::Range(1U, 100000U));
 }
 
+void add_submit_timeout(CLI::App& command, double& timeout_s) {
+  command
+      .add_option("--submit-timeout", timeout_s,
+                  "keep resending the sweep for up to S seconds while the broker is full, "
+                  "restarting or not answering (0: for ever)")
+      ->check(CLI::NonNegativeNumber)
+      ->option_text("S")
+      ->capture_default_str();
+}
+
 void add_results_options(CLI::App& command, std::string& format, std::string& output) {
   command.add_option("--format", format, "results as an aligned table, CSV or JSON lines")
       ->check(CLI::IsMember({"table", "csv", "jsonl"}))
@@ -54,12 +64,15 @@ int run_cli(int argc, char** argv) {
   simq::ResultsOptions results_options;
   simq::GetOptions get_options;
   simq::StatusOptions status_options;
+  simq::CancelOptions cancel_options;
+  simq::VerifyOptions verify_options;
 
   auto* run = app.add_subcommand(
       "run", "Run a sweep on a local cluster (or the given --redis/--broker), print the results");
   run->add_option("SWEEP_FILE", run_options.sweep_file, "sweep file (.toml or .json)")->required();
   add_cluster_options(*run, run_options.workers, run_options.slots);
   add_results_options(*run, run_options.format, run_options.output);
+  add_submit_timeout(*run, run_options.submit_timeout_s);
   add_common_options(*run, common);
 
   auto* up = app.add_subcommand(
@@ -72,6 +85,7 @@ int run_cli(int argc, char** argv) {
   submit->add_option("SWEEP_FILE", submit_options.sweep_file, "sweep file (.toml or .json)")
       ->required();
   submit->add_flag("--wait", submit_options.wait, "then wait for it as `simq wait` does");
+  add_submit_timeout(*submit, submit_options.submit_timeout_s);
   add_common_options(*submit, common);
 
   auto* wait = app.add_subcommand(
@@ -98,6 +112,21 @@ int run_cli(int argc, char** argv) {
   status->add_option("SWEEP_ID", status_options.sweep, "the sweep (default: all)");
   add_common_options(*status, common);
 
+  auto* cancel = app.add_subcommand(
+      "cancel", "Cancel a sweep: its queued jobs are dropped, its running jobs asked to stop");
+  cancel->add_option("SWEEP_ID", cancel_options.sweep, "the sweep")->required();
+  add_common_options(*cancel, common);
+
+  auto* verify = app.add_subcommand(
+      "verify",
+      "Check a sweep in Redis: every job has exactly one result; report lost, duplicated and "
+      "unexpected ones (exit 0 if none)");
+  verify->add_option("SWEEP_ID", verify_options.sweep, "the sweep")->required();
+  verify->add_option("--format", verify_options.format, "a report for people, or one JSON object")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  add_common_options(*verify, common);
+
   app.footer(exit_codes + "\nRun `simq COMMAND --help` for a command's flags.");
 
   try {
@@ -119,6 +148,8 @@ int run_cli(int argc, char** argv) {
   if (wait->parsed()) return simq::wait_command(common, wait_options);
   if (results->parsed()) return simq::results_command(common, results_options);
   if (get->parsed()) return simq::get_command(common, get_options);
+  if (cancel->parsed()) return simq::cancel_command(common, cancel_options);
+  if (verify->parsed()) return simq::verify_command(common, verify_options);
   return simq::status_command(common, status_options);
 }
 

@@ -226,6 +226,7 @@ TEST(Cli, UnreachableRedisIsNamedWithExitThree) {
                                              {"wait", "abc"},
                                              {"results", "abc"},
                                              {"get", "abc:1"},
+                                             {"verify", "abc"},
                                              {"submit", examples() + "/fib.toml"}}) {
     auto argv = args;
     argv.insert(argv.begin(), bin("simq"));
@@ -250,7 +251,8 @@ TEST(Cli, UnknownSweepAndJobExitOne) {
 }
 
 TEST(Cli, HelpAndBadFlags) {
-  for (const auto* command : {"run", "up", "submit", "wait", "results", "get", "status"}) {
+  for (const auto* command :
+       {"run", "up", "submit", "wait", "results", "get", "status", "cancel", "verify"}) {
     const auto help = run_command({bin("simq"), command, "--help"});
     EXPECT_EQ(help.status, 0) << command;
     EXPECT_THAT(help.out, HasSubstr("--redis")) << command;
