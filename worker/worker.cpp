@@ -38,9 +38,9 @@ constexpr const char* kDoneEndpoint = "inproc://simq-worker-done";
 constexpr milliseconds kIdlePoll(100);     // longest poll: how soon a stop signal is seen
 constexpr milliseconds kStoppingPoll(20);  // poll while waiting for slots to finish
 constexpr milliseconds kPairSendTimeout(100);
-constexpr int kFinalLingerMs = 2000;          // how long the last DONE and BYE may take to leave
-constexpr int kForcedLingerMs = 200;          // the same after a second stop signal
-constexpr size_t kMaxMissingSweeps = 1024;    // sweep ids remembered as missing from Redis
+constexpr int kFinalLingerMs = 2000;        // how long the last DONE and BYE may take to leave
+constexpr int kForcedLingerMs = 100;        // time for the BYE to leave after a second stop signal
+constexpr size_t kMaxMissingSweeps = 1024;  // sweep ids remembered as missing from Redis
 constexpr size_t kMaxCancelledSweeps = 1024;  // sweep ids remembered as cancelled
 // After a stop, once the slots are done: how long results may still take to reach Redis,
 // beyond the stop grace, at most (and never more than the grace itself).
@@ -665,9 +665,14 @@ int Worker::run() {
   if (connection.socket) {
     send_done(connection);
     send(connection, Command::kBye, encode_empty());
-    // Closing with linger 0 would drop the last DONE and the BYE still in the socket's queue;
-    // even a forced stop gives them a moment, so the broker requeues at once.
-    connection.socket->set(zmq::sockopt::linger, forced ? kForcedLingerMs : kFinalLingerMs);
+    // Closing with linger 0 would drop the last DONE and the BYE still in the socket's queue.
+    connection.socket->set(zmq::sockopt::linger, kFinalLingerMs);
+    if (forced) {
+      // The process is about to _Exit without terminating the context (kernels that ignore
+      // their stop token would hold it), which would drop what ZeroMQ's IO thread has not
+      // sent yet: give it a moment, so the broker requeues at once rather than after the lease.
+      std::this_thread::sleep_for(milliseconds(kForcedLingerMs));
+    }
   }
   connection.socket.reset();
   if (!forced) {
