@@ -85,6 +85,7 @@ std::vector<std::string> KernelRegistry::names() const {
 KernelRegistry KernelRegistry::with_builtins() {
   KernelRegistry registry;
   add_builtin_kernels(registry);
+  add_science_kernels(registry);
   return registry;
 }
 

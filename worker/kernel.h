@@ -82,7 +82,8 @@ class KernelRegistry {
   // Names of all kernels, sorted.
   std::vector<std::string> names() const;
 
-  // A registry holding the built-in kernels: fault, fib, mc_pi, noop, sleep.
+  // A registry holding the built-in kernels: fault, fib, mc_pi, noop, sleep
+  // (builtin_kernels.cpp) and beam, constrained_sample (science_kernels.cpp).
   static KernelRegistry with_builtins();
 
  private:
@@ -91,6 +92,9 @@ class KernelRegistry {
 
 // Adds the built-in kernels (builtin_kernels.cpp) to `registry`.
 void add_builtin_kernels(KernelRegistry& registry);
+
+// Adds the scientific kernels beam and constrained_sample (science_kernels.cpp) to `registry`.
+void add_science_kernels(KernelRegistry& registry);
 
 // ---------------------------------------------------------------------------------------
 // Parameter helpers for kernels. Each throws KernelError naming the parameter:
