@@ -417,6 +417,15 @@ TEST(SweepFile, ExamplesLoad) {
   const SweepSpec noop = load("noop.toml");
   EXPECT_EQ(noop.kernel, "noop");
   EXPECT_EQ(noop.grid.size(), 3U);
+  const SweepSpec retries = load("retries.toml");
+  EXPECT_EQ(retries.options.max_attempts.value, 3);
+  EXPECT_EQ(retries.options.timeout_s.value, 1.0);
+  // Every example is a valid sweep file.
+  for (const auto& entry : std::filesystem::directory_iterator(examples)) {
+    const auto extension = entry.path().extension();
+    if (extension != ".toml" && extension != ".json") continue;
+    EXPECT_NO_THROW(load_sweep_file(entry.path().string())) << entry.path();
+  }
 }
 
 // ---------------------------------------------------------------------------------------
