@@ -312,6 +312,16 @@ void Broker::on_backend(const Envelope& message) {
     case Command::kBye:
       drop_worker(worker, "said BYE", false);
       return;
+    case Command::kDrain: {
+      const auto drain = decode_drain(message.body);
+      liveness_.touch(worker, now);
+      const uint64_t requeued = dispatcher_.drain(worker, drain.jobs);
+      counters_.requeued += requeued;
+      const auto it = workers_.find(worker);
+      spdlog::info("worker {} is stopping: it takes no more jobs; {} unstarted jobs requeued",
+                   it == workers_.end() ? worker : it->second.name, requeued);
+      return;
+    }
     default:
       ++counters_.malformed;
       refuse(backend_, worker, 0, "bad_command",

@@ -80,6 +80,28 @@ std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker, Handback h
   return requeued;
 }
 
+uint64_t Dispatcher::drain(const WorkerId& worker, const std::vector<JobRef>& jobs) {
+  auto known = worker_index_.find(worker);
+  if (known == worker_index_.end()) return 0;
+  Worker& w = *known->second;
+  free_credit_ -= w.free();
+  w.credit = 0;
+  uint64_t requeued = 0;
+  for (auto job = jobs.rbegin(); job != jobs.rend(); ++job) {
+    const auto sweep = sweep_handles_.find(job->sweep);
+    if (sweep == sweep_handles_.end()) continue;
+    const auto it = in_flight_.find(JobKey{sweep->second, job->index});
+    if (it == in_flight_.end() || it->second.worker != &w || it->second.attempt != job->attempt) {
+      continue;
+    }
+    // Queue before untracking: untracking may release the last reference to the sweep.
+    push_front(it->first.sweep, job->index, job->attempt);
+    untrack(it);
+    ++requeued;
+  }
+  return requeued;
+}
+
 void Dispatcher::requeue_front(const std::vector<JobRef>& jobs) {
   for (auto job = jobs.rbegin(); job != jobs.rend(); ++job) {
     push_front(intern(job->sweep), job->index, job->attempt);

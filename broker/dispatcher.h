@@ -49,6 +49,11 @@ class Dispatcher {
   // they were dispatched, with the attempt they will run as, and queued as `how` says.
   std::vector<JobRef> remove_worker(const WorkerId& worker, Handback how = Handback::kLost);
 
+  // A worker is stopping: it gets no more jobs (its credit becomes 0), and those of `jobs`
+  // in flight on it with that attempt go back to the FRONT of the queue, same attempt (it
+  // never started them). Returns how many were requeued; the others are ignored.
+  uint64_t drain(const WorkerId& worker, const std::vector<JobRef>& jobs);
+
   // Queues jobs at the FRONT of the queue, in the order given, with their attempts as given
   // (held jobs once their fences are up, retries once their delay is over).
   void requeue_front(const std::vector<JobRef>& jobs);

@@ -182,11 +182,12 @@ std::vector<JobRef> Worker::JobQueue::take_sweep(const std::string& sweep) {
   return taken;
 }
 
-size_t Worker::JobQueue::clear() {
+std::vector<JobRef> Worker::JobQueue::clear() {
   const std::lock_guard lock(mutex_);
-  const size_t count = jobs_.size();
+  std::vector<JobRef> dropped(std::make_move_iterator(jobs_.begin()),
+                              std::make_move_iterator(jobs_.end()));
   jobs_.clear();
-  return count;
+  return dropped;
 }
 
 bool Worker::MissingSweeps::known(const std::string& sweep) {
@@ -348,7 +349,7 @@ void Worker::disconnect(Connection& connection) {
   connection.welcomed = false;
   // Jobs not started yet belong to the broker again: it requeues them when it gives up on
   // this connection, so running them here would only duplicate work.
-  if (const size_t dropped = jobs_.clear(); dropped > 0) {
+  if (const size_t dropped = jobs_.clear().size(); dropped > 0) {
     spdlog::warn("dropped {} queued jobs of the lost connection; the broker requeues them",
                  dropped);
   }
@@ -453,7 +454,7 @@ void Worker::handle_broker_message(Connection& connection, bool stopping) {
           break;
         }
         case Command::kDispatch:
-          on_dispatch(envelope->body, stopping);
+          on_dispatch(connection, envelope->body, stopping);
           break;
         case Command::kHeartbeat:
           decode_empty(envelope->body, "HEARTBEAT");
@@ -501,10 +502,12 @@ void Worker::on_unknown_worker(Connection& connection, bool stopping) {
                routing_id);
 }
 
-void Worker::on_dispatch(std::string_view body, bool stopping) {
+void Worker::on_dispatch(Connection& connection, std::string_view body, bool stopping) {
   DispatchMsg dispatch = decode_dispatch(body);
   if (stopping) {
-    spdlog::debug("stopping: not taking {} dispatched jobs", dispatch.jobs.size());
+    // Sent before the broker heard our DRAIN: handed straight back.
+    spdlog::debug("stopping: handing back {} dispatched jobs", dispatch.jobs.size());
+    send(connection, Command::kDrain, encode(DrainMsg{std::move(dispatch.jobs)}));
     return;
   }
   const double now = unix_time();
@@ -532,13 +535,16 @@ void Worker::on_cancel(const std::string& sweep) {
                queued.size(), held);
 }
 
-void Worker::begin_stop() {
+void Worker::begin_stop(Connection& connection) {
   for (auto& slot : slots_) slot.request_stop();  // first, so no slot takes another job
   running_.stop_unstarted();                      // jobs still waiting for their sweep's spec, say
-  const size_t dropped = jobs_.clear();
+  auto queued = jobs_.clear();
+  const size_t dropped = queued.size();
+  // The broker sends nothing more and runs these elsewhere now, not after the grace.
+  if (connection.socket) send(connection, Command::kDrain, encode(DrainMsg{std::move(queued)}));
   writes_.drop_marks();  // the jobs they announce are left to the broker, or running anyway
   spdlog::info(
-      "stopping: {} queued jobs left to the broker; running jobs may finish within {} ms, "
+      "stopping: {} queued jobs handed back to the broker; running jobs may finish within {} ms, "
       "then they are stopped and left to the broker too (a second signal stops them now)",
       dropped, options_.stop_grace_ms);
 }
@@ -579,7 +585,7 @@ int Worker::run() {
     if (!stopping && stop_requested()) {
       stopping = true;
       grace_ends = Clock::now() + grace;
-      begin_stop();
+      begin_stop(connection);
     }
     if (stopping && stop_signals() >= 2) {
       forced = true;

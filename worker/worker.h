@@ -110,7 +110,7 @@ class Worker {
     // The next job, counted as taken (under the same lock as clear(), so a job is either
     // dropped or counted); nullopt once stop is requested.
     std::optional<JobRef> pop(const std::stop_token& stop);
-    size_t clear();  // drops the jobs not taken yet; returns how many
+    std::vector<JobRef> clear();  // drops the jobs not taken yet; returns them
     // Removes the sweep's jobs not taken yet and returns them, counted as taken (each must
     // be reported DONE).
     std::vector<JobRef> take_sweep(const std::string& sweep);
@@ -177,9 +177,10 @@ class Worker {
   void send_done(Connection& connection);
   void handle_broker_message(Connection& connection, bool stopping);
   void on_unknown_worker(Connection& connection, bool stopping);
-  void on_dispatch(std::string_view body, bool stopping);
+  void on_dispatch(Connection& connection, std::string_view body, bool stopping);
   void on_cancel(const std::string& sweep);
-  void begin_stop();
+  // Stops taking jobs: tells the broker (DRAIN) and hands back the queued ones.
+  void begin_stop(Connection& connection);
 
   // Slot threads. `slot` numbers the slot (0 to slots - 1) in running_.
   void slot_loop(size_t slot, const std::stop_token& stop);

@@ -13,7 +13,7 @@ namespace simq {
 
 namespace {
 
-constexpr std::array<std::pair<Command, std::string_view>, 13> kCommandNames{{
+constexpr std::array<std::pair<Command, std::string_view>, 14> kCommandNames{{
     {Command::kSubmit, "SUBMIT"},
     {Command::kSubmitted, "SUBMITTED"},
     {Command::kPing, "PING"},
@@ -27,6 +27,7 @@ constexpr std::array<std::pair<Command, std::string_view>, 13> kCommandNames{{
     {Command::kDone, "DONE"},
     {Command::kHeartbeat, "HEARTBEAT"},
     {Command::kBye, "BYE"},
+    {Command::kDrain, "DRAIN"},
 }};
 
 using Packer = msgpack::packer<msgpack::sbuffer>;
@@ -160,16 +161,36 @@ std::string encode(const WelcomeMsg& msg) {
   });
 }
 
-std::string encode(const DispatchMsg& msg) {
+namespace {
+
+std::string encode_jobs(const std::vector<JobRef>& jobs) {
   return pack_map(1, [&](Packer& p) {
     pack_key(p, "jobs");
-    p.pack_array(static_cast<uint32_t>(msg.jobs.size()));
-    for (const auto& job : msg.jobs) {
+    p.pack_array(static_cast<uint32_t>(jobs.size()));
+    for (const auto& job : jobs) {
       p.pack_array(3);
       pack_job(p, job);
     }
   });
 }
+
+std::vector<JobRef> decode_jobs(std::string_view body, std::string_view what) {
+  const auto handle = unpack(body);
+  const MapReader r(handle.get(), what);
+  const auto& jobs = r.array("jobs");
+  std::vector<JobRef> out;
+  out.reserve(jobs.size);
+  for (uint32_t i = 0; i < jobs.size; ++i) out.push_back(read_job(r, jobs.ptr[i], 3));
+  return out;
+}
+
+}  // namespace
+
+std::string encode(const DrainMsg& msg) { return encode_jobs(msg.jobs); }
+
+DrainMsg decode_drain(std::string_view body) { return DrainMsg{decode_jobs(body, "DRAIN")}; }
+
+std::string encode(const DispatchMsg& msg) { return encode_jobs(msg.jobs); }
 
 std::string encode(const DoneMsg& msg) {
   return pack_map(1, [&](Packer& p) {
@@ -284,13 +305,7 @@ WelcomeMsg decode_welcome(std::string_view body) {
 }
 
 DispatchMsg decode_dispatch(std::string_view body) {
-  const auto handle = unpack(body);
-  const MapReader r(handle.get(), "DISPATCH");
-  const auto& jobs = r.array("jobs");
-  DispatchMsg msg;
-  msg.jobs.reserve(jobs.size);
-  for (uint32_t i = 0; i < jobs.size; ++i) msg.jobs.push_back(read_job(r, jobs.ptr[i], 3));
-  return msg;
+  return DispatchMsg{decode_jobs(body, "DISPATCH")};
 }
 
 DoneMsg decode_done(std::string_view body) {

@@ -111,6 +111,24 @@ TEST(Lease, ByeHandsJobsBackWithoutUsingAnAttempt) {
   EXPECT_EQ(redis->command({"EXISTS", fence_key(sweep)}).integer, 0);
 }
 
+TEST(Lease, AStoppingWorkersUnstartedJobsRunElsewhereAtOnce) {
+  TestCluster cluster({.workers = 0});
+  zmq::context_t context;
+  Peer stopping(context, cluster.backend());
+  stopping.hello("stopping:1", 2);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[grid]\ni = [1, 2, 3]\n");
+  ASSERT_EQ(stopping.dispatched(), (std::vector<JobRef>{{sweep, 0, 1}, {sweep, 1, 1}}))
+      << cluster.logs();
+  // Job 0 runs on; job 1 was never started and is handed back.
+  stopping.send(Command::kDrain, encode(DrainMsg{{JobRef{sweep, 1, 1}}}));
+  Peer other(context, cluster.backend());
+  other.hello("other:2", 1);
+  EXPECT_EQ(other.dispatched(), (std::vector<JobRef>{{sweep, 1, 1}})) << cluster.logs();
+  stopping.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 0, 1}, true, std::nullopt}}}));
+  EXPECT_TRUE(stopping.dispatched(1s).empty()) << "a draining worker must get no more jobs";
+  EXPECT_THAT(cluster.logs(), HasSubstr("is stopping: it takes no more jobs; 1 unstarted"));
+}
+
 TEST(Lease, ALostWorkersJobRunsAsTheNextAttemptWithTheLossRecorded) {
   TestCluster cluster({.workers = 0, .heartbeat_ms = 100, .liveness = 3});
   zmq::context_t context;

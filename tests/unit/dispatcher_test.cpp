@@ -355,6 +355,23 @@ TEST(Dispatcher, DropSweepLeavesOtherSweepsAndInFlightJobs) {
   EXPECT_EQ(jobs_of(d.dispatch(1), "a"), (std::vector<JobRef>{{"t", 0, 1}}));
 }
 
+TEST(Dispatcher, ADrainingWorkerGetsNothingMoreAndItsUnstartedJobsRunElsewhere) {
+  Dispatcher d;
+  d.add_worker("a", 3);
+  d.add_range("s", 0, 5);
+  ASSERT_EQ(jobs_of(d.dispatch(3), "a"),
+            (std::vector<JobRef>{{"s", 0, 1}, {"s", 1, 1}, {"s", 2, 1}}));
+  // a is stopping: job 0 runs on, jobs 1 and 2 never started; a stale entry is ignored.
+  EXPECT_EQ(d.drain("a", {{"s", 1, 1}, {"s", 2, 1}, {"s", 4, 1}, {"s", 0, 7}}), 2u);
+  EXPECT_EQ(d.free_credit("a"), 0u);
+  EXPECT_EQ(d.in_flight("a"), 1u);
+  ASSERT_TRUE(d.complete("a", JobRef{"s", 0, 1}));
+  EXPECT_TRUE(d.dispatch(10).empty()) << "a draining worker gets no more jobs";
+  d.add_worker("b", 10);
+  EXPECT_EQ(jobs_of(d.dispatch(10), "b"),
+            (std::vector<JobRef>{{"s", 1, 1}, {"s", 2, 1}, {"s", 3, 1}, {"s", 4, 1}}));
+}
+
 TEST(Dispatcher, LateCompleteAfterRequeueIsRejected) {
   Dispatcher d;
   d.add_worker("a", 1);

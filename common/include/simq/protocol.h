@@ -37,6 +37,7 @@ enum class Command {
   kDone,       // worker: these jobs are finished and their results are in Redis
   kHeartbeat,  // both ways
   kBye,        // worker: I am leaving (graceful)
+  kDrain,      // worker: I am stopping: send nothing more; these jobs were not started
 };
 
 std::string_view command_name(Command command);
@@ -103,6 +104,11 @@ struct DispatchMsg {
   std::vector<JobRef> jobs;
 };
 
+// DRAIN: jobs a stopping worker hands back unstarted (run them elsewhere, same attempt).
+struct DrainMsg {
+  std::vector<JobRef> jobs;
+};
+
 struct DoneJob {
   JobRef job;
   bool ok = true;  // succeeded (false: failed; the record in Redis says why)
@@ -126,6 +132,7 @@ std::string encode(const HelloMsg& msg);
 std::string encode(const WelcomeMsg& msg);
 std::string encode(const DispatchMsg& msg);
 std::string encode(const DoneMsg& msg);
+std::string encode(const DrainMsg& msg);
 std::string encode_empty();  // HEARTBEAT and BYE bodies: an empty map
 
 // Decoders throw ProtocolError naming the message, the field and what was expected.
@@ -140,6 +147,7 @@ HelloMsg decode_hello(std::string_view body);
 WelcomeMsg decode_welcome(std::string_view body);
 DispatchMsg decode_dispatch(std::string_view body);
 DoneMsg decode_done(std::string_view body);
+DrainMsg decode_drain(std::string_view body);
 void decode_empty(std::string_view body, std::string_view what);
 
 // One received message, frames split.
