@@ -113,10 +113,10 @@ class TestCluster {
     int slots = 2;           // slots per worker
     int heartbeat_ms = 200;  // broker <-> worker heartbeat interval
     int liveness = 3;        // missed heartbeats before a worker is dead
-    std::vector<std::string> broker_args =
-        {};  // more simq-broker flags, e.g. {"--max-queued", "100"}
-    std::vector<std::string> worker_args = {};  // more simq-worker flags
-    bool redis_appendonly = false;              // Redis with an AOF (appendfsync everysec)
+    // More flags for simq-broker (e.g. {"--max-queued", "100"}) and for each simq-worker.
+    std::vector<std::string> broker_args = {};
+    std::vector<std::string> worker_args = {};
+    bool redis_appendonly = false;  // Redis with an AOF (appendfsync everysec)
   };
 
   TestCluster();  // default Options
