@@ -301,7 +301,8 @@ TEST(Chaos, WorkersKilledEveryTwoSeconds) {
 
   const auto tally = expect_one_record_per_job(*redis, sweep, jobs);
   EXPECT_EQ(tally.succeeded, jobs);
-  EXPECT_EQ(tally.duplicates + tally.fenced, 0u) << "a killed worker cannot report late";
+  // Refused writes may happen (a worker killed after storing a record but before the broker
+  // heard DONE: the job runs again and its second result is refused); kept records may not.
   const auto verdict = expect_verified(cluster, sweep);
 
   const double bound_ms = kHeartbeatMs * kLiveness + 1000;
@@ -322,7 +323,7 @@ TEST(Chaos, WorkersKilledEveryTwoSeconds) {
   EXPECT_GE(kills, 2) << "the sweep ended before the chaos began";
   EXPECT_GE(orphans.size(), 1u) << "no killed worker was running a job";
   fmt::print(
-      "[chaos] workers_killed: kills={} jobs={} lost={} duplicated={} orphans={} rerun={} "
+      "[chaos] workers_killed: kills={} jobs={} lost={} duplicate_writes={} orphans={} rerun={} "
       "redispatch_max_ms={:.0f} bound_ms={:.0f} verify_lost={} verify_duplicated={} "
       "wall_s={:.1f}\n",
       kills, jobs, tally.lost, tally.duplicates, orphans.size(), rerun, redispatch_max_ms, bound_ms,
@@ -405,7 +406,7 @@ TEST(Chaos, BrokerKilledThreeTimesMidSweep) {
   EXPECT_EQ(kills, 3);
   EXPECT_GE(acknowledged.size(), 1u);
   fmt::print(
-      "[chaos] broker_killed: kills={} jobs={} lost={} duplicated={} acknowledged_sweeps={} "
+      "[chaos] broker_killed: kills={} jobs={} lost={} duplicate_writes={} acknowledged_sweeps={} "
       "acknowledged_jobs={} acknowledged_lost={} refused_submits={} verify_lost={} "
       "wall_s={:.1f}\n",
       kills, jobs, tally.lost, tally.duplicates, acknowledged.size(), acknowledged.size() * kSmall,
