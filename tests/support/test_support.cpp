@@ -25,6 +25,49 @@ std::string bin(const std::string& name) {
 
 std::unique_ptr<Redis> RedisServer::connect() const { return std::make_unique<Redis>(address()); }
 
+RedisServer::~RedisServer() {
+  if (restarted_) restarted_->stop(5s);
+}
+
+void RedisServer::restart(bool appendonly, std::chrono::milliseconds down) {
+  if (restarted_) {
+    restarted_->stop(10s);
+    restarted_.reset();
+  } else {
+    stop();
+  }
+  std::this_thread::sleep_for(down);
+  // The same flags EmbeddedRedis starts it with, on the same port and dir (so the AOF there
+  // is loaded).
+  std::vector<std::string> argv{
+      "redis-server", "--bind", "127.0.0.1", "--port",       std::to_string(port()),   "--dir",
+      dir(),          "--save", "",          "--appendonly", appendonly ? "yes" : "no"};
+  if (appendonly) argv.insert(argv.end(), {"--appendfsync", "everysec"});
+  argv.insert(argv.end(), {"--daemonize", "no", "--logfile", log_path()});
+  restarted_ = std::make_unique<ChildProcess>(argv, log_path());
+  const bool up = wait_until(
+      [&] {
+        if (restarted_->poll()) return true;
+        try {
+          Redis redis(address(), 500ms);
+          redis.command({"PING"});
+          return true;
+        } catch (const Error&) {
+          return false;  // not listening yet, or still loading its AOF
+        }
+      },
+      30s);
+  if (!up || restarted_->poll()) {
+    throw std::runtime_error(fmt::format("redis-server did not come back on port {}:\n{}", port(),
+                                         read_file(log_path())));
+  }
+}
+
+int RedisServer::pid() const {
+  if (restarted_) return restarted_->pid();
+  return process() != nullptr ? process()->pid() : -1;
+}
+
 bool wait_until(const std::function<bool()>& ready, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -77,6 +120,30 @@ std::string command_line(int pid) {
     if (c == '\0') c = ' ';
   }
   return cmdline;  // zombies have an empty command line
+}
+
+namespace {
+
+// A "Name:   1234 kB" line of /proc/<pid>/status, in KiB; -1 if missing.
+long long status_kib(int pid, const std::string& name) {
+  std::istringstream status(read_file(fmt::format("/proc/{}/status", pid)));
+  for (std::string line; std::getline(status, line);) {
+    if (line.starts_with(name + ":")) return std::stoll(line.substr(name.size() + 1));
+  }
+  return -1;
+}
+
+}  // namespace
+
+long long rss_kib(int pid) { return status_kib(pid, "VmRSS"); }
+long long peak_rss_kib(int pid) { return status_kib(pid, "VmHWM"); }
+
+double env_number(const char* name, double fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  return *end == '\0' ? value : fallback;
 }
 
 namespace {
@@ -142,7 +209,14 @@ namespace simq::test {
 
 TestCluster::TestCluster() : TestCluster(Options{}) {}
 
-TestCluster::TestCluster(Options options) : options_(options) {
+TestCluster::TestCluster(Options options)
+    : options_(std::move(options)),
+      redis_(EmbeddedRedisOptions{.program = "redis-server",
+                                  .appendonly = options_.redis_appendonly,
+                                  .start_timeout = 10s,
+                                  .stop_timeout = 5s,
+                                  .attempts = 5,
+                                  .stop_on_signal = false}) {
   frontend_ = fmt::format("tcp://127.0.0.1:{}", free_loopback_port());
   backend_ = fmt::format("tcp://127.0.0.1:{}", free_loopback_port());
   start_broker();
@@ -155,12 +229,19 @@ TestCluster::TestCluster(Options options) : options_(options) {
 void TestCluster::start_broker() {
   auto redis = redis_.connect();
   redis->command({"DEL", "simq:broker"});
-  broker_ = std::make_unique<ChildProcess>(
-      std::vector<std::string>{bin("simq-broker"), "--frontend", frontend_, "--backend", backend_,
-                               "--redis", redis_.url(), "--heartbeat-ms",
-                               std::to_string(options_.heartbeat_ms), "--liveness",
-                               std::to_string(options_.liveness)},
-      dir_.file("broker.log"));
+  std::vector<std::string> argv{bin("simq-broker"),
+                                "--frontend",
+                                frontend_,
+                                "--backend",
+                                backend_,
+                                "--redis",
+                                redis_.url(),
+                                "--heartbeat-ms",
+                                std::to_string(options_.heartbeat_ms),
+                                "--liveness",
+                                std::to_string(options_.liveness)};
+  argv.insert(argv.end(), options_.broker_args.begin(), options_.broker_args.end());
+  broker_ = std::make_unique<ChildProcess>(argv, dir_.file("broker.log"));
   if (!wait_until([&] { return !redis->command({"GET", "simq:broker"}).is_nil(); }, 10s)) {
     throw std::runtime_error("broker did not start: " + logs());
   }
@@ -179,13 +260,31 @@ TestCluster::~TestCluster() {
 
 size_t TestCluster::add_worker() {
   const size_t n = workers_.size();
-  workers_.push_back(std::make_unique<ChildProcess>(
-      std::vector<std::string>{bin("simq-worker"), "--broker", backend_, "--redis", redis_.url(),
-                               "--slots", std::to_string(options_.slots), "--heartbeat-ms",
-                               std::to_string(options_.heartbeat_ms), "--liveness",
-                               std::to_string(options_.liveness)},
-      dir_.file(fmt::format("worker{}.log", n))));
+  workers_.push_back(start_worker(n));
   return n;
+}
+
+std::unique_ptr<ChildProcess> TestCluster::start_worker(size_t n) {
+  std::vector<std::string> argv{bin("simq-worker"),
+                                "--broker",
+                                backend_,
+                                "--redis",
+                                redis_.url(),
+                                "--slots",
+                                std::to_string(options_.slots),
+                                "--heartbeat-ms",
+                                std::to_string(options_.heartbeat_ms),
+                                "--liveness",
+                                std::to_string(options_.liveness)};
+  argv.insert(argv.end(), options_.worker_args.begin(), options_.worker_args.end());
+  return std::make_unique<ChildProcess>(argv, dir_.file(fmt::format("worker{}.log", n)));
+}
+
+void TestCluster::restart_worker(size_t i, int signal) {
+  auto& worker = workers_.at(i);
+  worker->signal(signal);
+  if (!worker->wait(10s)) throw std::runtime_error(fmt::format("worker {} did not end", i));
+  worker = start_worker(i);
 }
 
 int TestCluster::connected_workers() {
@@ -198,9 +297,22 @@ int TestCluster::connected_workers() {
 }
 
 CommandResult TestCluster::simq(std::vector<std::string> args, std::chrono::milliseconds timeout) {
+  return run_command(simq_argv(std::move(args)), timeout);
+}
+
+std::vector<std::string> TestCluster::simq_argv(std::vector<std::string> args) const {
   args.insert(args.begin(), bin("simq"));
   args.insert(args.end(), {"--redis", redis_.url(), "--broker", frontend_});
-  return run_command(args, timeout);
+  return args;
+}
+
+TestCluster::Verified TestCluster::verify(const std::string& sweep,
+                                          std::chrono::milliseconds timeout) {
+  Verified verified{.command = simq({"verify", sweep, "--format", "json"}, timeout),
+                    .report = Json()};
+  const auto report = Json::parse(verified.command.out, nullptr, false);
+  if (report.is_object()) verified.report = report;
+  return verified;
 }
 
 std::string TestCluster::logs() const {

@@ -4,14 +4,17 @@
 #pragma once
 
 #include <chrono>
+#include <csignal>
 #include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "simq/child_process.h"
 #include "simq/embedded_redis.h"
+#include "simq/json.h"
 #include "simq/redis.h"
 #include "simq/temp_dir.h"
 
@@ -34,7 +37,21 @@ class TempDir : public simq::TempDir {
 class RedisServer : public EmbeddedRedis {
  public:
   RedisServer() = default;
+  explicit RedisServer(EmbeddedRedisOptions options) : EmbeddedRedis(std::move(options)) {}
+  ~RedisServer();
   std::unique_ptr<Redis> connect() const;  // a new connection to it
+
+  // Shuts it down cleanly (SIGTERM: Redis fsyncs its AOF and exits), then starts a new
+  // redis-server on the same port and data dir, with `--appendonly yes --appendfsync
+  // everysec` when `appendonly`, and waits until it answers PING. `down` is how long it stays
+  // down in between. Throws std::runtime_error (with its log) if it does not come back.
+  void restart(bool appendonly, std::chrono::milliseconds down = 0ms);
+
+  // Pid of the running redis-server (-1 if none).
+  int pid() const;
+
+ private:
+  std::unique_ptr<ChildProcess> restarted_;  // the server after restart(), if any
 };
 
 // Polls `ready` every few milliseconds until it is true or `timeout` passes.
@@ -75,6 +92,14 @@ std::vector<int> still_running(const ProcessMap& started);
 // zombie).
 std::string command_line(int pid);
 
+// Memory of a running process from /proc/<pid>/status, in KiB: resident now (VmRSS) and its
+// peak (VmHWM). -1 if the process is gone.
+long long rss_kib(int pid);
+long long peak_rss_kib(int pid);
+
+// A number from the environment (`fallback` when unset or not a number).
+double env_number(const char* name, double fallback);
+
 }  // namespace simq::test
 
 namespace simq::test {
@@ -88,6 +113,10 @@ class TestCluster {
     int slots = 2;           // slots per worker
     int heartbeat_ms = 200;  // broker <-> worker heartbeat interval
     int liveness = 3;        // missed heartbeats before a worker is dead
+    // More flags for simq-broker (e.g. {"--max-queued", "100"}) and for each simq-worker.
+    std::vector<std::string> broker_args = {};
+    std::vector<std::string> worker_args = {};
+    bool redis_appendonly = false;  // Redis with an AOF (appendfsync everysec)
   };
 
   TestCluster();  // default Options
@@ -103,18 +132,33 @@ class TestCluster {
   void restart_broker(int signal);
   ChildProcess& worker(size_t i) { return *workers_.at(i); }
   size_t add_worker();  // returns its number
+  size_t workers() const { return workers_.size(); }
+  // Kills worker `i` with `signal` (unless it has ended already), reaps it, and starts a new
+  // one with the same options as worker `i` (its log goes on in the same file).
+  void restart_worker(size_t i, int signal = SIGKILL);
 
   // Connected workers according to the broker's status snapshot in Redis.
   int connected_workers();
 
   // Runs `simq ARGS --redis URL --broker EP`.
   CommandResult simq(std::vector<std::string> args, std::chrono::milliseconds timeout = 120s);
+  // The command line simq() runs, for running it from another thread with run_command().
+  std::vector<std::string> simq_argv(std::vector<std::string> args) const;
+
+  // `simq verify SWEEP --format json`: its exit status and the report it printed (null if its
+  // output was not one JSON object).
+  struct Verified {
+    CommandResult command;
+    Json report;
+  };
+  Verified verify(const std::string& sweep, std::chrono::milliseconds timeout = 120s);
 
   // Everything the broker and workers logged so far.
   std::string logs() const;
 
  private:
   void start_broker();
+  std::unique_ptr<ChildProcess> start_worker(size_t n);
 
   Options options_;
   RedisServer redis_;
