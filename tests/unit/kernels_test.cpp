@@ -9,36 +9,14 @@
 #include <thread>
 
 #include "kernel.h"
+#include "kernel_fixture.h"
 
 namespace simq {
 namespace {
 
 using namespace std::chrono_literals;
 
-class KernelsTest : public ::testing::Test {
- protected:
-  const Kernel& kernel(std::string_view name) {
-    const Kernel* found = registry_.find(name);
-    if (found == nullptr) throw std::runtime_error("no kernel " + std::string(name));
-    return *found;
-  }
-
-  Json run(std::string_view name, const Json& params) {
-    return kernel(name).run(params, KernelContext{JobRef{"s1", 0, 1}, std::stop_token{}});
-  }
-
-  // The KernelError message run() throws, or "" if it does not throw one.
-  std::string error_of(std::string_view name, const Json& params) {
-    try {
-      run(name, params);
-    } catch (const KernelError& e) {
-      return e.what();
-    }
-    return "";
-  }
-
-  KernelRegistry registry_ = KernelRegistry::with_builtins();
-};
+using KernelsTest = KernelFixture;
 
 TEST_F(KernelsTest, RegistryListsBuiltinsSorted) {
   EXPECT_EQ(registry_.names(), (std::vector<std::string>{"beam", "constrained_sample", "fault",

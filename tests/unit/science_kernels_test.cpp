@@ -11,35 +11,13 @@
 #include <vector>
 
 #include "kernel.h"
+#include "kernel_fixture.h"
 #include "simq/sweep.h"
 
 namespace simq {
 namespace {
 
-class ScienceKernelsTest : public ::testing::Test {
- protected:
-  const Kernel& kernel(std::string_view name) {
-    const Kernel* found = registry_.find(name);
-    if (found == nullptr) throw std::runtime_error("no kernel " + std::string(name));
-    return *found;
-  }
-
-  Json run(std::string_view name, const Json& params) {
-    return kernel(name).run(params, KernelContext{JobRef{"s1", 0, 1}, std::stop_token{}});
-  }
-
-  // The KernelError message run() throws, or "" if it does not throw one.
-  std::string error_of(std::string_view name, const Json& params) {
-    try {
-      run(name, params);
-    } catch (const KernelError& e) {
-      return e.what();
-    }
-    return "";
-  }
-
-  KernelRegistry registry_ = KernelRegistry::with_builtins();
-};
+using ScienceKernelsTest = KernelFixture;
 
 double relative(double a, double b) { return std::abs(a - b) / std::abs(b); }
 
