@@ -81,6 +81,10 @@ JobRef read_job(const MapReader& reader, const msgpack::object& item, size_t min
                 static_cast<uint32_t>(f[2].via.u64)};
 }
 
+// Peer bytes quoted for an error message: a JSON string, so control bytes are escaped and
+// invalid UTF-8 becomes U+FFFD (ERROR messages and logs stay valid UTF-8).
+std::string quoted(std::string_view bytes) { return dump_lenient(Json(std::string(bytes))); }
+
 uint32_t to_u32(const MapReader& reader, std::string_view key, uint64_t value) {
   if (value > UINT32_MAX) {
     throw ProtocolError(fmt::format("{}: field '{}': expected at most {}, got {}", reader.what(),
@@ -362,15 +366,16 @@ std::optional<Envelope> receive(zmq::socket_t& socket, bool routed) {
   const auto protocol = frames[first].to_string_view();
   if (protocol != kProtocol) {
     const bool looks_like_simq = protocol.substr(0, 4) == "SIMQ";
-    throw FrameError(envelope.identity, looks_like_simq ? "bad_version" : "bad_frame",
-                     fmt::format(R"(protocol frame "{}" is not "{}"{})", protocol.substr(0, 16),
-                                 kProtocol, looks_like_simq ? ": unsupported version" : ""));
+    throw FrameError(
+        envelope.identity, looks_like_simq ? "bad_version" : "bad_frame",
+        fmt::format(R"(protocol frame {} is not "{}"{})", quoted(protocol.substr(0, 16)), kProtocol,
+                    looks_like_simq ? ": unsupported version" : ""));
   }
   const auto name = frames[first + 1].to_string_view();
   const auto command = command_from_name(name);
   if (!command) {
     throw FrameError(envelope.identity, "bad_command",
-                     fmt::format("unknown command \"{}\"", name.substr(0, 16)));
+                     fmt::format("unknown command {}", quoted(name.substr(0, 16))));
   }
   envelope.command = *command;
   envelope.body = frames[first + 2].to_string();

@@ -102,6 +102,14 @@ std::string submit(TestCluster& cluster, const std::string& file) {
   return submitted.status == 0 ? first_line(submitted.out) : "";
 }
 
+// Submits a sweep of `jobs` sleep jobs of `seconds` each; returns its id ("" on failure).
+std::string submit_sleeps(TestCluster& cluster, const TempDir& dir, double seconds, uint64_t jobs) {
+  return submit(cluster, write_file(dir, "sleep.toml",
+                                    fmt::format("kernel = \"sleep\"\n[grid]\nseconds = [{}]\n"
+                                                "i = {{ range = [0, {}] }}\n",
+                                                seconds, jobs)));
+}
+
 uint64_t field(Redis& redis, const std::string& sweep, const std::string& name) {
   const auto reply = redis.command({"HGET", "simq:sweep:" + sweep, name});
   return reply.is_nil() || reply.str.empty() ? 0 : std::stoull(reply.str);
@@ -225,11 +233,7 @@ TEST(Chaos, WorkersKilledEveryTwoSeconds) {
   LogsOnFailure logs(cluster);
   TempDir dir;
   const auto start = Clock::now();
-  const auto sweep =
-      submit(cluster, write_file(dir, "sleep.toml",
-                                 fmt::format("kernel = \"sleep\"\n[grid]\nseconds = [0.006]\n"
-                                             "i = {{ range = [0, {}] }}\n",
-                                             jobs)));
+  const auto sweep = submit_sleeps(cluster, dir, 0.006, jobs);
   ASSERT_FALSE(sweep.empty());
   auto redis = cluster.redis().connect();
 
@@ -339,11 +343,7 @@ TEST(Chaos, BrokerKilledThreeTimesMidSweep) {
   LogsOnFailure logs(cluster);
   TempDir dir;
   const auto start = Clock::now();
-  const auto sweep =
-      submit(cluster, write_file(dir, "sleep.toml",
-                                 fmt::format("kernel = \"sleep\"\n[grid]\nseconds = [0.003]\n"
-                                             "i = {{ range = [0, {}] }}\n",
-                                             jobs)));
+  const auto sweep = submit_sleeps(cluster, dir, 0.003, jobs);
   ASSERT_FALSE(sweep.empty());
   auto redis = cluster.redis().connect();
 
@@ -425,11 +425,7 @@ TEST(Chaos, WorkerFrozenPastItsLeaseIsFencedOff) {
   TempDir dir;
   constexpr uint64_t kJobs = 24;
   const auto start = Clock::now();
-  const auto sweep =
-      submit(cluster, write_file(dir, "sleep.toml",
-                                 fmt::format("kernel = \"sleep\"\n[grid]\nseconds = [0.4]\n"
-                                             "i = {{ range = [0, {}] }}\n",
-                                             kJobs)));
+  const auto sweep = submit_sleeps(cluster, dir, 0.4, kJobs);
   ASSERT_FALSE(sweep.empty());
   auto redis = cluster.redis().connect();
 
@@ -579,11 +575,7 @@ TEST(Chaos, RedisRestartedMidSweep) {
   LogsOnFailure logs(cluster);
   TempDir dir;
   const auto start = Clock::now();
-  const auto sweep =
-      submit(cluster, write_file(dir, "sleep.toml",
-                                 fmt::format("kernel = \"sleep\"\n[grid]\nseconds = [0.002]\n"
-                                             "i = {{ range = [0, {}] }}\n",
-                                             jobs)));
+  const auto sweep = submit_sleeps(cluster, dir, 0.002, jobs);
   ASSERT_FALSE(sweep.empty());
   {
     auto redis = cluster.redis().connect();

@@ -69,6 +69,13 @@ TEST(Broker, RefusesMalformedTrafficAndKeepsServing) {
   EXPECT_EQ(error.code, "bad_version");
   EXPECT_THAT(error.message, HasSubstr("is not \"SIMQ1\""));
 
+  // Peer bytes quoted in an ERROR stay valid UTF-8 (decode_error refuses anything else).
+  client.send_frames({std::string("\xff\xfe\x01SIMQ", 7), "SUBMIT", encode_empty()});
+  error = client.expect_error();
+  EXPECT_EQ(error.code, "bad_frame");
+  EXPECT_THAT(error.message,
+              HasSubstr("protocol frame \"\xef\xbf\xbd\xef\xbf\xbd\\u0001SIMQ\" is not"));
+
   client.send_frames({proto(), "EXPLODE", encode_empty()});
   error = client.expect_error();
   EXPECT_EQ(error.code, "bad_command");
