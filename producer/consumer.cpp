@@ -110,12 +110,14 @@ class OutageRetry {
 
   // A read failed with `error`: says so (the first time) and waits before the next try, at
   // most `limit`.
-  void failed(const std::string& error, Clock::duration limit) {
+  // (Milliseconds, not Clock::duration: "no limit" is milliseconds::max(), which nanoseconds
+  // cannot hold.)
+  void failed(const std::string& error, std::chrono::milliseconds limit) {
     if (!down_) {
       complain("Redis at {} unreachable: {}; retrying", url_, error);
       down_ = true;
     }
-    sleep_unless_stopped(std::min<Clock::duration>(delay_, limit));
+    sleep_unless_stopped(std::min(delay_, limit));
     delay_ = std::min(kMaxDelay, delay_ * 2);
   }
 
