@@ -900,12 +900,26 @@ std::string path_safe(std::string text) {
   return text == "." || text == ".." ? "_" : text;
 }
 
+// A tail as a line of an error message: trimmed, NUL bytes shown as \0 (an exception's
+// message is a C string, which would end at the first).
+std::string message_text(std::string_view tail) {
+  std::string out;
+  for (const char c : trim(tail)) {
+    if (c == '\0') {
+      out += "\\0";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
 // The message of a failed job: what happened, then what helps to see why.
 std::string failure(std::string_view what, const std::string& stderr_tail,
                     const std::string& stdout_tail, const std::optional<std::string>& scratch) {
   std::string message(what);
-  if (!trim(stderr_tail).empty()) message += "\nstderr: " + std::string(trim(stderr_tail));
-  if (!trim(stdout_tail).empty()) message += "\nstdout: " + std::string(trim(stdout_tail));
+  if (!trim(stderr_tail).empty()) message += "\nstderr: " + message_text(stderr_tail);
+  if (!trim(stdout_tail).empty()) message += "\nstdout: " + message_text(stdout_tail);
   if (scratch) message += "\nscratch: " + *scratch;
   return message;
 }
