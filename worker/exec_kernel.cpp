@@ -49,8 +49,6 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-extern char** environ;
-
 namespace simq {
 
 namespace {
@@ -412,7 +410,7 @@ ExecConfig parse_config(const Json& params) {
   if (command == nullptr) throw KernelError("param 'command' is missing");
   if (command->is_string()) {
     // Split on whitespace only: no quoting, no expansion, no shell.
-    const std::string& line = command->get_ref<const std::string&>();
+    const auto& line = command->get_ref<const std::string&>();
     size_t i = 0;
     while (i < line.size()) {
       const size_t start = line.find_first_not_of(" \t\n\r", i);
@@ -489,10 +487,10 @@ ExecConfig parse_config(const Json& params) {
       } else if (format == "csv") {
         config.result_format = FileFormat::kCsv;
       } else {
-        bad("result.format", "\"json\", \"keyvalue\" or \"csv\"", Json(format));
+        bad("result.format", R"("json", "keyvalue" or "csv")", Json(format));
       }
     } else {
-      bad("result", "\"stdout_json\", \"exit_status\" or a table {file, format}", *result);
+      bad("result", R"("stdout_json", "exit_status" or a table {file, format})", *result);
     }
   }
 
@@ -517,7 +515,7 @@ ExecConfig parse_config(const Json& params) {
   } else if (keep == "never") {
     config.keep_scratch = KeepScratch::kNever;
   } else {
-    bad("keep_scratch", "\"on_failure\", \"always\" or \"never\"", Json(keep));
+    bad("keep_scratch", R"("on_failure", "always" or "never")", Json(keep));
   }
   for (const auto& name : name_list(params, "store_files")) {
     config.store_files.push_back(checked_file_name(name, "store_files"));
@@ -550,7 +548,9 @@ std::string find_program(const std::string& name, const std::string& path) {
     const std::string dir = path.substr(start, end - start);
     start = end + 1;
     if (dir.empty()) continue;  // never the current directory
-    const std::string candidate = dir + "/" + name;
+    std::string candidate = dir;
+    candidate += '/';
+    candidate += name;
     struct stat info {};
     if (::stat(candidate.c_str(), &info) == 0 && S_ISREG(info.st_mode) &&
         ::access(candidate.c_str(), X_OK) == 0) {
@@ -872,7 +872,7 @@ Json file_result(const ExecConfig& config, const fs::path& scratch) {
     case FileFormat::kCsv:
       return csv_result(file.data, name);
   }
-  return Json();
+  return {};
 }
 
 Json stored_files(const ExecConfig& config, const fs::path& scratch) {
@@ -967,7 +967,7 @@ class ExecKernel final : public Kernel {
       if (const char* value = std::getenv(name.c_str())) env[name] = value;
     }
     for (const auto& [name, text] : config.env) env[name] = render(text, "env." + name, values);
-    for (const auto& [name, value] : env) launch.env.push_back(name + "=" + value);
+    for (const auto& [name, value] : env) launch.env.push_back(fmt::format("{}={}", name, value));
     std::optional<std::string> input;
     if (config.input_template) input = render(*config.input_template, "input.template", values);
     if (config.input_template_file) {

@@ -92,8 +92,9 @@ TEST_F(ExecKernelTest, CommandStringSplitsOnWhitespaceOnly) {
 }
 
 TEST_F(ExecKernelTest, ShellSyntaxInParamsReachesTheProgramLiterally) {
-  for (const std::string evil : {"$(rm -rf /)", "; echo pwned", "`touch hacked` && echo x > y",
-                                 "'\"quoted\" \\ | * ~ \n newline"}) {
+  for (const std::string evil :
+       {"$(rm -rf /)", "; echo pwned", "`touch hacked` && echo x > y",
+        "'\"quoted\" \\ | * ~ \n newline", "{evil} {{x}}"}) {  // a value is not a template itself
     const Json result = exec({{"command", {"printf", "%s", "{evil}"}},
                               {"evil", evil},
                               {"result", "exit_status"},
