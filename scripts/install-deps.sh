@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libspdlog-dev
   redis-server redis-tools clang-format
+  ngspice  # the exec kernel's example and test (examples/rc_ngspice.toml)
 )
 
 missing=()

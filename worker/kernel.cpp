@@ -86,6 +86,7 @@ KernelRegistry KernelRegistry::with_builtins() {
   KernelRegistry registry;
   add_builtin_kernels(registry);
   add_science_kernels(registry);
+  add_exec_kernel(registry);
   return registry;
 }
 

@@ -83,7 +83,8 @@ class KernelRegistry {
   std::vector<std::string> names() const;
 
   // A registry holding the built-in kernels: fault, fib, mc_pi, noop, sleep
-  // (builtin_kernels.cpp) and beam, constrained_sample (science_kernels.cpp).
+  // (builtin_kernels.cpp), beam, constrained_sample (science_kernels.cpp) and exec
+  // (exec_kernel.cpp).
   static KernelRegistry with_builtins();
 
  private:
@@ -95,6 +96,9 @@ void add_builtin_kernels(KernelRegistry& registry);
 
 // Adds the scientific kernels beam and constrained_sample (science_kernels.cpp) to `registry`.
 void add_science_kernels(KernelRegistry& registry);
+
+// Adds the exec kernel, which runs an external program per job (exec_kernel.cpp), to `registry`.
+void add_exec_kernel(KernelRegistry& registry);
 
 // ---------------------------------------------------------------------------------------
 // Parameter helpers for kernels. Each throws KernelError naming the parameter:

@@ -19,8 +19,9 @@ using namespace std::chrono_literals;
 using KernelsTest = KernelFixture;
 
 TEST_F(KernelsTest, RegistryListsBuiltinsSorted) {
-  EXPECT_EQ(registry_.names(), (std::vector<std::string>{"beam", "constrained_sample", "fault",
-                                                         "fib", "mc_pi", "noop", "sleep"}));
+  EXPECT_EQ(registry_.names(),
+            (std::vector<std::string>{"beam", "constrained_sample", "exec", "fault", "fib", "mc_pi",
+                                      "noop", "sleep"}));
   for (const auto& name : registry_.names()) {
     ASSERT_NE(registry_.find(name), nullptr) << name;
     EXPECT_EQ(registry_.find(name)->name(), name);
