@@ -10,6 +10,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libtomlplusplus-dev libspdlog-dev
   redis-server redis-tools clang-format
   ngspice  # the exec kernel's example and test (examples/rc_ngspice.toml)
+  python3  # the exec kernel's memory-limit test
 )
 
 missing=()

@@ -335,7 +335,8 @@ TEST_F(ExecKernelTest, HugeOutputKeepsOnlyTheTail) {
 }
 
 TEST_F(ExecKernelTest, MemoryLimit) {
-  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no /usr/bin/python3";
+  ASSERT_EQ(::access("/usr/bin/python3", X_OK), 0)
+      << "no /usr/bin/python3 (scripts/install-deps.sh installs it)";
   const std::string error =
       exec_error({{"command", {"/usr/bin/python3", "-c", "x = bytearray(400 * 1024 * 1024)"}},
                   {"memory_mb", 100},
@@ -440,9 +441,8 @@ TEST_F(ExecKernelTest, BadParams) {
 // A real simulator: examples/rc_ngspice.toml, each job run in-process
 
 TEST_F(ExecKernelTest, NgspiceRcSweepMeasuresTheTimeConstant) {
-  if (std::system("command -v ngspice > /dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "ngspice is not installed (scripts/install-deps.sh installs it)";
-  }
+  ASSERT_EQ(std::system("command -v ngspice > /dev/null 2>&1"), 0)
+      << "ngspice is not installed (scripts/install-deps.sh installs it)";
   const SweepSpec sweep =
       load_sweep_file(std::string(SIMQ_SOURCE_DIR) + "/examples/rc_ngspice.toml");
   ASSERT_EQ(sweep.kernel, "exec");
