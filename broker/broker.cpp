@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <iterator>
+#include <map>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "simq/errors.h"
@@ -16,6 +20,10 @@
 namespace simq {
 
 namespace {
+
+std::chrono::milliseconds redis_call_timeout(int heartbeat_ms) {
+  return std::chrono::milliseconds(std::clamp(heartbeat_ms / 2, 100, 500));
+}
 
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -47,15 +55,29 @@ Broker::Broker(zmq::context_t& context, BrokerOptions options)
     : options_(std::move(options)),
       frontend_(context, zmq::socket_type::router),
       backend_(context, zmq::socket_type::router),
-      store_(options_.redis),
-      status_store_(options_.redis,
-                    std::chrono::milliseconds(std::clamp(options_.heartbeat_ms / 2, 100, 500))),
+      // Every Redis call on the loop is bounded well below a worker's lease, so a hung Redis
+      // never stops the heartbeats (recover() alone, before serving, may take longer).
+      store_(options_.redis, redis_call_timeout(options_.heartbeat_ms)),
+      status_store_(options_.redis, redis_call_timeout(options_.heartbeat_ms)),
       liveness_(options_.heartbeat_ms, options_.liveness) {
   frontend_endpoint_ = bind_router(frontend_, options_.frontend, "--frontend");
   backend_endpoint_ = bind_router(backend_, options_.backend, "--backend");
 }
 
 void Broker::recover() {
+  // Before serving: nobody waits for heartbeats yet, and a big HSCAN may take a while.
+  const auto timeout = store_.redis().timeout();
+  store_.redis().set_timeout(std::chrono::milliseconds(5000));
+  try {
+    recover_sweeps();
+  } catch (...) {
+    store_.redis().set_timeout(timeout);
+    throw;
+  }
+  store_.redis().set_timeout(timeout);
+}
+
+void Broker::recover_sweeps() {
   // Redis is the source of truth: every sweep still in the active set is queued again,
   // except the jobs that already have a terminal record. Jobs that were running when the
   // previous broker stopped get their next attempt number. Memory is O(finished + running),
@@ -93,6 +115,15 @@ void Broker::recover_sweep(const std::string& id) {
   const auto finished = [&](uint64_t index) {
     return std::binary_search(taken.begin(), taken.end(), index);
   };
+  // Jobs whose fence was raised (their worker was lost, or they wait for a retry) must run as
+  // at least that attempt, or every result of theirs would be refused.
+  std::unordered_map<uint64_t, uint32_t> fences;
+  store_.scan_hash(fence_key(id), [&](const std::string& field, const std::string& value) {
+    const auto index = index_of(field);
+    uint32_t attempt = 0;
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), attempt);
+    if (index && !finished(*index) && ec == std::errc() && attempt > 1) fences[*index] = attempt;
+  });
   std::vector<JobRef> running;
   store_.scan_hash(running_key(id), [&](const std::string& field, const std::string& value) {
     const auto index = index_of(field);
@@ -104,8 +135,14 @@ void Broker::recover_sweep(const std::string& id) {
                                   attempts->get<uint64_t>() < UINT32_MAX
                               ? attempts->get<uint32_t>()
                               : 1;
-    running.push_back(JobRef{id, *index, last + 1});
+    uint32_t attempt = last + 1;
+    if (const auto fence = fences.find(*index); fence != fences.end()) {
+      attempt = std::max(attempt, fence->second);
+      fences.erase(fence);
+    }
+    running.push_back(JobRef{id, *index, attempt});
   });
+  for (const auto& [index, attempt] : fences) running.push_back(JobRef{id, index, attempt});
   for (const auto& job : running) {
     // Their workers may still be running them: a new attempt, fenced before it is dispatched.
     unfenced_.push_back(Requeue{job, ""});
@@ -124,7 +161,7 @@ void Broker::recover_sweep(const std::string& id) {
     dispatcher_.add_range(id, next, info->total - next);
     queued += info->total - next;
   }
-  spdlog::info("recovered sweep {}: {} of {} jobs queued ({} were running)", id, queued,
+  spdlog::info("recovered sweep {}: {} of {} jobs queued ({} were running or fenced)", id, queued,
                info->total, running.size());
 }
 
@@ -317,6 +354,7 @@ void Broker::on_backend(const Envelope& message) {
       liveness_.touch(worker, now);
       const uint64_t requeued = dispatcher_.drain(worker, drain.jobs);
       counters_.requeued += requeued;
+      drop_cancelled(drain.jobs);
       const auto it = workers_.find(worker);
       spdlog::info("worker {} is stopping: it takes no more jobs; {} unstarted jobs requeued",
                    it == workers_.end() ? worker : it->second.name, requeued);
@@ -347,6 +385,8 @@ void Broker::drop_worker(const WorkerId& worker, const std::string& why, bool lo
       worker, lost ? Dispatcher::Handback::kHeld : Dispatcher::Handback::kReturned);
   if (lost) {
     for (const auto& job : jobs) unfenced_.push_back(Requeue{job, name});
+  } else {
+    drop_cancelled(jobs);
   }
   counters_.requeued += jobs.size();
   liveness_.forget(worker);
@@ -357,23 +397,50 @@ void Broker::drop_worker(const WorkerId& worker, const std::string& why, bool lo
   fence_pending();
 }
 
+void Broker::drop_cancelled(const std::vector<JobRef>& handed_back) {
+  std::unordered_set<std::string> sweeps;
+  for (const auto& job : handed_back) {
+    if (cancelled_.contains(job.sweep)) sweeps.insert(job.sweep);
+  }
+  for (const auto& sweep : sweeps) dispatcher_.drop_sweep(sweep);
+}
+
 void Broker::fence_pending() {
   if (unfenced_.empty() || now_ms() < next_fence_try_) return;
   std::erase_if(unfenced_, [&](const Requeue& r) { return cancelled_.contains(r.job.sweep); });
+  std::vector<Requeue> fenced;
   try {
     store_.requeue(unfenced_);
     redis_answered();
-  } catch (const Error& e) {
+    fenced = std::move(unfenced_);
+    unfenced_.clear();
+  } catch (const ConnectError& e) {
     redis_failed(e);
     spdlog::warn("cannot fence {} jobs in Redis at {}: {}; they wait, retrying in 1 s",
                  unfenced_.size(), options_.redis.url(), e.what());
     next_fence_try_ = now_ms() + 1000;
     return;
+  } catch (const Error& e) {
+    // Redis refused one sweep's script (a corrupt fence, say): fence the sweeps one by one so
+    // that the others run; the refused ones wait and are tried again.
+    std::map<std::string, std::vector<Requeue>> by_sweep;
+    for (auto& r : unfenced_) by_sweep[r.job.sweep].push_back(std::move(r));
+    unfenced_.clear();
+    for (auto& [sweep, jobs] : by_sweep) {
+      try {
+        store_.requeue(jobs);
+        std::move(jobs.begin(), jobs.end(), std::back_inserter(fenced));
+      } catch (const Error& refused) {
+        spdlog::error("cannot fence {} jobs of sweep {}: {}; retrying in 1 s", jobs.size(), sweep,
+                      refused.what());
+        std::move(jobs.begin(), jobs.end(), std::back_inserter(unfenced_));
+      }
+    }
+    next_fence_try_ = now_ms() + 1000;
   }
   std::vector<JobRef> jobs;
-  jobs.reserve(unfenced_.size());
-  for (auto& r : unfenced_) jobs.push_back(std::move(r.job));
-  unfenced_.clear();
+  jobs.reserve(fenced.size());
+  for (auto& r : fenced) jobs.push_back(std::move(r.job));
   dispatcher_.requeue_front(jobs);
 }
 

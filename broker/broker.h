@@ -75,6 +75,7 @@ class Broker {
   };
 
   void recover();
+  void recover_sweeps();
   void recover_sweep(const std::string& id);
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);
@@ -84,6 +85,8 @@ class Broker {
   void send_to_worker(const WorkerId& worker, Command command, const std::string& body);
   void on_cancel(const Envelope& message);
   void remember_cancelled(const std::string& sweep);
+  // Jobs handed back (BYE, DRAIN) were queued again: those of cancelled sweeps must not run.
+  void drop_cancelled(const std::vector<JobRef>& handed_back);
   void drop_worker(const WorkerId& worker, const std::string& why, bool lost);
   // Raises the fences of jobs about to run with a new attempt, then queues them at the front.
   // While Redis does not answer they wait here (not dispatched), retried every tick.

@@ -116,9 +116,12 @@ std::string RedisAddress::url() const {
 }
 
 void Redis::throw_error(std::string_view command, const std::string& error) const {
-  // Redis loading its data after a restart, or busy running a script, will answer soon:
-  // callers treat that like an unreachable Redis and retry.
-  for (const char* transient : {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"}) {
+  // Redis loading its data after a restart, busy running a script, refusing writes until an
+  // operator frees disk or memory (MISCONF, OOM) or until a failover ends (READONLY,
+  // NOREPLICAS) will answer again: callers treat that like an unreachable Redis and retry,
+  // rather than give up on what they meant to write.
+  for (const char* transient :
+       {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "MISCONF", "OOM", "READONLY", "NOREPLICAS"}) {
     if (error.starts_with(transient)) {
       throw ConnectError(fmt::format("Redis at {} is not ready: {}", address_.url(), error));
     }

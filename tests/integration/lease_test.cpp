@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <csignal>
 #include <fstream>
+#include <memory>
 #include <zmq.hpp>
 
 #include "simq/protocol.h"
@@ -150,6 +152,31 @@ TEST(Lease, ALostWorkersJobRunsAsTheNextAttemptWithTheLossRecorded) {
   ASSERT_TRUE(lost);
   EXPECT_EQ(lost->count, 1u);
   EXPECT_EQ(lost->worker, "doomed:1");
+}
+
+TEST(Lease, ARestartedBrokerRunsAFencedJobAsItsFencedAttempt) {
+  // The worker is lost before it wrote a running mark; its job waits (nobody to run it) with
+  // its fence at 2 when the broker dies. The new broker must not queue it as attempt 1:
+  // every result of attempt 1 would be refused and the job would never get a record.
+  TestCluster cluster({.workers = 0, .heartbeat_ms = 100, .liveness = 3});
+  zmq::context_t context;
+  auto doomed = std::make_unique<Peer>(context, cluster.backend());
+  doomed->hello("doomed:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n");
+  ASSERT_EQ(doomed->dispatched(), (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+  doomed.reset();
+  auto redis = cluster.redis().connect();
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return redis->command({"HGET", fence_key(sweep), "0"}).str == "2";
+      },
+      5s))
+      << cluster.logs();
+  cluster.restart_broker(SIGKILL);
+
+  Peer heir(context, cluster.backend());
+  heir.hello("heir:2", 1);
+  EXPECT_EQ(heir.dispatched(), (std::vector<JobRef>{{sweep, 0, 2}})) << cluster.logs();
 }
 
 TEST(Lease, CancelDropsQueuedJobsAndTellsWorkers) {
