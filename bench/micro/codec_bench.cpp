@@ -156,7 +156,7 @@ std::string packed_params() {
   msgpack::sbuffer buffer;
   msgpack::packer<msgpack::sbuffer> packer(buffer);
   pack_json(packer, typical_spec().params_at(123));
-  return std::string(buffer.data(), buffer.size());
+  return {buffer.data(), buffer.size()};
 }
 
 void BM_ParamsToJson(benchmark::State& state) {
