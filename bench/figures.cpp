@@ -264,7 +264,9 @@ Json io(const FigureOptions& options) {
       make_spec("sleep", {{"seconds", options.io_seconds}}, "i", options.io_jobs);
   const double elapsed = timed_sweep(*cluster, spec, "io");
   const unsigned all_slots = workers * slots;
-  const double rounds = static_cast<double>((options.io_jobs + all_slots - 1) / all_slots);
+  // Whole rounds of sleeps: the ceiling of jobs / slots (an integer, as the jobs are).
+  const unsigned whole_rounds = (options.io_jobs + all_slots - 1) / all_slots;
+  const auto rounds = static_cast<double>(whole_rounds);
   return {{"jobs", options.io_jobs}, {"sleep_s", options.io_seconds},
           {"workers", workers},      {"slots", all_slots},
           {"wall_s", elapsed},       {"ideal_s", rounds * options.io_seconds}};
@@ -294,14 +296,22 @@ Json grid(const FigureOptions& options) {
     const std::string sweep = submit(client, spec);
     const double submit_s = seconds_since(start);
     std::this_thread::sleep_for(std::chrono::duration<double>(options.grid_watch_s));
+    // The broker holds the sweep: all its jobs queued but the paused worker's credit.
+    const PongMsg pong = client.ping();
     const auto after = memory_of(broker);
     sampler.request_stop();
     sampler.join();
     client.cancel(sweep, 30s);
     check_healthy(*cluster, "grid");
     if (!after) throw Error("grid: the broker's /proc/<pid>/status cannot be read");
+    if (pong.queued + pong.in_flight != options.grid_jobs) {
+      throw Error(fmt::format("grid: the broker holds {} queued and {} in flight of {} jobs",
+                              pong.queued, pong.in_flight, options.grid_jobs));
+    }
     result = {{"jobs", options.grid_jobs},
               {"submit_s", submit_s},
+              {"queued", pong.queued},
+              {"in_flight", pong.in_flight},
               {"broker_rss_before_mib", before ? before->rss_mib : 0.0},
               {"broker_rss_max_mib", std::max(rss_max.load(), after->rss_mib)},
               {"broker_peak_mib", after->peak_mib},
@@ -326,6 +336,7 @@ Json idle(const FigureOptions& options) {
   };
   const double broker_before = cpu_of(broker);
   std::vector<double> workers_before;
+  workers_before.reserve(workers.size());
   for (const pid_t pid : workers) workers_before.push_back(cpu_of(pid));
   const auto start = Clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(options.idle_seconds));

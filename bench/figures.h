@@ -59,7 +59,8 @@ Json io(const FigureOptions& options);
 
 // A grid sweep of options.grid_jobs submitted while every worker is paused (SIGSTOP): time
 // from SUBMIT to SUBMITTED, the broker's memory sampled during and after; then cancelled.
-// {jobs, submit_s, broker_rss_max_mib, broker_peak_mib, broker_rss_after_mib}.
+// {jobs, submit_s, queued, in_flight, broker_rss_before_mib, broker_rss_max_mib,
+// broker_peak_mib, broker_rss_after_mib}.
 Json grid(const FigureOptions& options);
 
 // A cluster of 2 workers left idle for options.idle_seconds: memory of the broker and of the
