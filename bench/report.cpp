@@ -217,6 +217,15 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Json& pe
   if (!present.empty()) {
     out << "Peer cells: the peer's figure (x simq's advantage: simq/peer for rates and speed-ups, "
            "peer/simq for times; above 1 = simq better).\n";
+    for (const auto* peer : present) {
+      const Json& figures = peers[peer->key];
+      const auto size = [&](const char* key) {
+        return figures.contains(key) ? figures[key].dump() : std::string("-");
+      };
+      out << fmt::format("{}: {} no-op jobs, {} round trips, cpu {} x {}\n", peer->name,
+                         size("throughput.jobs"), size("latency.samples"), size("cpu.jobs"),
+                         figures.value("cpu.kernel", std::string("-")));
+    }
   }
 }
 
