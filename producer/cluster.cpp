@@ -300,6 +300,14 @@ void LocalCluster::stop_group(const std::vector<const Child*>& group, millisecon
   }
 }
 
+pid_t LocalCluster::broker_pid() const { return broker_.process ? broker_.process->pid() : -1; }
+
+std::vector<pid_t> LocalCluster::worker_pids() const {
+  std::vector<pid_t> pids;
+  for (const auto& worker : workers_) pids.push_back(worker.process->pid());
+  return pids;
+}
+
 std::optional<std::string> LocalCluster::failure() const {
   const std::lock_guard lock(mutex_);
   if (failure_.empty()) return std::nullopt;

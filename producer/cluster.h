@@ -57,6 +57,10 @@ class LocalCluster {
   unsigned workers() const { return options_.workers; }
   unsigned slots() const { return slots_; }  // per worker, resolved
   bool owns_redis() const { return !redis_url_.empty() && options_.redis.empty(); }
+  // After start(): process ids of the broker and of each worker (for measuring them, as
+  // simq-bench does: memory and CPU time from /proc, pausing workers with SIGSTOP).
+  pid_t broker_pid() const;
+  std::vector<pid_t> worker_pids() const;
 
   // After start(): why the cluster broke (redis-server, the broker or every worker died), or
   // std::nullopt while it is healthy. Thread-safe.

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything simq's build, tests and demo need from Debian packages.
 # Idempotent: installs only what is missing; safe to run again.
+# Usage: scripts/install-deps.sh [--bench]
+#   --bench: also what the benchmark's extras need (scripts/bench.sh): gnuplot for the scaling
+#            PNG, and Celery, Dask distributed and RQ for `bench.sh --peers`. Not needed to
+#            build, test or run simq.
 set -euo pipefail
 
 packages=(
@@ -12,6 +16,12 @@ packages=(
   ngspice  # the exec kernel's example and test (examples/rc_ngspice.toml)
   python3  # the exec kernel's memory-limit test
 )
+if [ "${1:-}" = "--bench" ]; then
+  packages+=(gnuplot-nox python3-celery python3-distributed python3-rq python3-redis)
+elif [ $# -gt 0 ]; then
+  echo "usage: $0 [--bench]" >&2
+  exit 2
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -9,6 +9,6 @@ cd "$(dirname "$0")/.."
 if [ "$#" -gt 0 ]; then
   files=("$@")
 else
-  mapfile -t files < <(git ls-files 'common/*.cpp' 'broker/*.cpp' 'worker/*.cpp' 'producer/*.cpp')
+  mapfile -t files < <(git ls-files 'common/*.cpp' 'broker/*.cpp' 'worker/*.cpp' 'producer/*.cpp' 'bench/*.cpp')
 fi
 clang-tidy -p build --quiet "${files[@]}"
