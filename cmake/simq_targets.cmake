@@ -1,8 +1,10 @@
-# Per-target build settings shared by every simq target: warnings, sanitizers, tests.
+# Per-target build settings shared by every simq target (C++, and the C of plug-ins built for
+# tests): warnings, sanitizers, tests.
 
 function(simq_target_settings target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wconversion
-                                           -Wsign-conversion -Wshadow -Wnon-virtual-dtor)
+                                           -Wsign-conversion -Wshadow
+                                           $<$<COMPILE_LANGUAGE:CXX>:-Wnon-virtual-dtor>)
   if(SIMQ_WERROR)
     target_compile_options(${target} PRIVATE -Werror)
   endif()

@@ -10,8 +10,10 @@
 #include <cstdlib>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "kernel.h"
+#include "plugin.h"
 #include "simq/config.h"
 #include "simq/errors.h"
 #include "simq/log.h"
@@ -54,6 +56,7 @@ int run(int argc, char** argv) {
   int liveness = simq::kDefaultLiveness;
   int stop_grace_ms = simq::WorkerOptions{}.stop_grace_ms;
   bool list_kernels = false;
+  std::vector<std::string> plugins;
   app.add_option(
       "--broker", broker,
       fmt::format("broker backend endpoint [env SIMQ_BACKEND, default {}]", simq::kDefaultBackend));
@@ -79,6 +82,9 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
+  app.add_option("--plugin", plugins,
+                 "a shared library of more kernels (simq/plugin.h); repeat for several")
+      ->allow_extra_args(false);
   app.add_flag("--list-kernels", list_kernels, "print the kernels and their parameters, then exit");
   try {
     app.parse(argc, argv);
@@ -87,6 +93,7 @@ int run(int argc, char** argv) {
   }
 
   simq::KernelRegistry kernels = simq::KernelRegistry::with_builtins();
+  for (const auto& plugin : plugins) simq::load_plugin(plugin, kernels);
   if (list_kernels) {
     print_kernels(kernels);
     return simq::kExitOk;
