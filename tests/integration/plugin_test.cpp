@@ -1,0 +1,65 @@
+// Integration tests of plug-in kernels in a real simq-worker: `--plugin LIB --list-kernels`
+// shows the plug-in's kernels, a bad plug-in stops the worker with exit 2 and the message, and a
+// sweep (examples/plugin/rosenbrock.toml) runs on workers that loaded the example plug-in.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "simq/json.h"
+#include "test_support.h"
+
+namespace simq::test {
+namespace {
+
+// The line of `--list-kernels` output for kernel `name`, with the padding after the name
+// squeezed to one space ("" if there is none).
+std::string listed_line(const std::string& out, const std::string& name) {
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(name + " ", 0) != 0) continue;
+    const size_t help = line.find_first_not_of(' ', name.size());
+    return name + " " + (help == std::string::npos ? "" : line.substr(help));
+  }
+  return "";
+}
+
+TEST(Plugin, ListKernelsShowsThePluginsKernelsWithTheirHelp) {
+  const auto listed =
+      run_command({bin("simq-worker"), "--plugin", SIMQ_EXAMPLE_PLUGIN, "--list-kernels"});
+  ASSERT_EQ(listed.status, 0) << listed.err;
+  EXPECT_EQ(listed_line(listed.out, "rosenbrock"),
+            "rosenbrock x, y, a = 1, b = 100 -> value = (a - x)^2 + b (y - x^2)^2")
+      << listed.out;
+  EXPECT_EQ(listed_line(listed.out, "collatz"),
+            "collatz n (1 to 2^53) -> steps to reach 1, peak of the sequence")
+      << listed.out;
+  EXPECT_NE(listed_line(listed.out, "fib"), "") << listed.out;  // the built-ins too
+}
+
+TEST(Plugin, WithoutThePluginItsKernelsAreNotListed) {
+  const auto listed = run_command({bin("simq-worker"), "--list-kernels"});
+  ASSERT_EQ(listed.status, 0) << listed.err;
+  EXPECT_EQ(listed_line(listed.out, "rosenbrock"), "") << listed.out;
+}
+
+TEST(Plugin, MissingPluginExitsTwoWithTheMessage) {
+  const auto listed =
+      run_command({bin("simq-worker"), "--plugin", "/nonexistent.so", "--list-kernels"});
+  EXPECT_EQ(listed.status, 2);
+  EXPECT_EQ(listed.err.rfind("simq-worker: --plugin /nonexistent.so: cannot load: ", 0), 0u)
+      << listed.err;
+  EXPECT_EQ(listed.out, "");
+}
+
+TEST(Plugin, WrongAbiExitsTwoBeforeServing) {
+  const auto started = run_command({bin("simq-worker"), "--plugin", SIMQ_TEST_PLUGIN_ABI99});
+  EXPECT_EQ(started.status, 2);
+  EXPECT_NE(started.err.find(": ABI version 99, this worker speaks 1"), std::string::npos)
+      << started.err;
+}
+
+}  // namespace
+}  // namespace simq::test
