@@ -192,13 +192,17 @@ bool LocalCluster::wait_for_broker() {
 
 void LocalCluster::start_workers(const std::string& program) {
   for (unsigned i = 1; i <= options_.workers; ++i) {
-    workers_.push_back(Child{fmt::format("simq-worker {}", i),
-                             std::make_unique<ChildProcess>(std::vector<std::string>{
-                                 program, "--broker", backend_, "--redis", redis_url_, "--slots",
-                                 std::to_string(slots_), "--log-level", options_.log_level,
-                                 // The whole cluster, Redis too, is going away: results of
-                                 // jobs still running would have nowhere to go.
-                                 "--stop-grace-ms", "0"})});
+    std::vector<std::string> argv{program, "--broker", backend_, "--redis", redis_url_, "--slots",
+                                  std::to_string(slots_), "--log-level", options_.log_level,
+                                  // The whole cluster, Redis too, is going away: results of
+                                  // jobs still running would have nowhere to go.
+                                  "--stop-grace-ms", "0"};
+    for (const auto& plugin : options_.plugins) {
+      argv.push_back("--plugin");
+      argv.push_back(plugin);
+    }
+    workers_.push_back(
+        Child{fmt::format("simq-worker {}", i), std::make_unique<ChildProcess>(std::move(argv))});
   }
   BrokerClient client(frontend_);
   const auto deadline = Clock::now() + options_.start_timeout;

@@ -20,10 +20,11 @@
 namespace simq {
 
 struct ClusterOptions {
-  unsigned workers = 1;            // simq-worker processes, at least 1
-  unsigned slots = 0;              // slots per worker; 0 = cores / workers, at least 1
-  std::string redis;               // Redis URL to use; "" = start our own redis-server
-  std::string log_level = "warn";  // --log-level of simq-broker and simq-worker
+  unsigned workers = 1;              // simq-worker processes, at least 1
+  unsigned slots = 0;                // slots per worker; 0 = cores / workers, at least 1
+  std::string redis;                 // Redis URL to use; "" = start our own redis-server
+  std::string log_level = "warn";    // --log-level of simq-broker and simq-worker
+  std::vector<std::string> plugins;  // kernel plug-ins each simq-worker loads (--plugin)
   std::string bin_dir;  // where simq-broker and simq-worker are; "" = beside this program, then
                         // on $PATH
   std::chrono::milliseconds start_timeout{10000};  // each service must answer within this

@@ -170,6 +170,10 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   install_stop_handlers();
 
   if (redis_given(common)) {
+    if (!options.plugins.empty()) {
+      std::cerr << "simq: --plugin is ignored with --redis or $SIMQ_REDIS: the workers that are "
+                   "already running load their own\n";
+    }
     Store store = open_store(redis_url(common));
     BrokerClient client(broker_endpoint(common));
     print_notices(client);
@@ -185,6 +189,7 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   ClusterOptions cluster_options;
   cluster_options.workers = options.workers;
   cluster_options.slots = options.slots;
+  cluster_options.plugins = options.plugins;
   cluster_options.log_level = common.log_level;
   cluster_options.stop_on_failure = true;
   LocalCluster cluster(cluster_options);
@@ -207,6 +212,7 @@ int up_command(const CommonOptions& common, const UpOptions& options) {
   ClusterOptions cluster_options;
   cluster_options.workers = options.workers;
   cluster_options.slots = options.slots;
+  cluster_options.plugins = options.plugins;
   cluster_options.log_level = common.log_level;
   cluster_options.stop_on_failure = true;
   if (redis_given(common)) cluster_options.redis = redis_url(common);

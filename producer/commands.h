@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace simq {
 
@@ -19,17 +20,19 @@ struct CommonOptions {
 
 struct RunOptions {
   std::string sweep_file;
-  unsigned workers = 1;          // simq-worker processes of the local cluster
-  unsigned slots = 0;            // slots per worker; 0 = cores / workers, at least 1
-  std::string format = "table";  // table, csv or jsonl
-  std::string output;            // file for the results; "" = stdout
-  double submit_timeout_s = 60;  // give up submitting after this long (broker full, down or
-                                 // without Redis); 0 = keep trying for ever
+  unsigned workers = 1;              // simq-worker processes of the local cluster
+  unsigned slots = 0;                // slots per worker; 0 = cores / workers, at least 1
+  std::vector<std::string> plugins;  // --plugin libraries each local worker loads
+  std::string format = "table";      // table, csv or jsonl
+  std::string output;                // file for the results; "" = stdout
+  double submit_timeout_s = 60;      // give up submitting after this long (broker full, down or
+                                     // without Redis); 0 = keep trying for ever
 };
 
 struct UpOptions {
-  unsigned workers = 1;  // simq-worker processes
-  unsigned slots = 0;    // slots per worker; 0 = cores / workers, at least 1
+  unsigned workers = 1;              // simq-worker processes
+  unsigned slots = 0;                // slots per worker; 0 = cores / workers, at least 1
+  std::vector<std::string> plugins;  // --plugin libraries each worker loads
 };
 
 struct SubmitOptions {

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <string>
+#include <vector>
 
 #include "commands.h"
 #include "simq/errors.h"
@@ -21,12 +22,18 @@ void add_common_options(CLI::App& command, simq::CommonOptions& common) {
       ->capture_default_str();
 }
 
-void add_cluster_options(CLI::App& command, unsigned& workers, unsigned& slots) {
+void add_cluster_options(CLI::App& command, unsigned& workers, unsigned& slots,
+                         std::vector<std::string>& plugins) {
   command.add_option("--workers", workers, "simq-worker processes of the local cluster")
       ->check(CLI::Range(1U, 1024U))
       ->capture_default_str();
   command.add_option("--slots", slots, "jobs each worker runs at once (default: cores / workers)")
       ->check(CLI::Range(1U, 100000U));
+  command
+      .add_option("--plugin", plugins,
+                  "a kernel plug-in (shared library) each simq-worker loads; repeat for several")
+      ->allow_extra_args(false)
+      ->option_text("LIB");
 }
 
 void add_submit_timeout(CLI::App& command, double& timeout_s) {
@@ -70,14 +77,14 @@ int run_cli(int argc, char** argv) {
   auto* run = app.add_subcommand(
       "run", "Run a sweep on a local cluster (or the given --redis/--broker), print the results");
   run->add_option("SWEEP_FILE", run_options.sweep_file, "sweep file (.toml or .json)")->required();
-  add_cluster_options(*run, run_options.workers, run_options.slots);
+  add_cluster_options(*run, run_options.workers, run_options.slots, run_options.plugins);
   add_results_options(*run, run_options.format, run_options.output);
   add_submit_timeout(*run, run_options.submit_timeout_s);
   add_common_options(*run, common);
 
   auto* up = app.add_subcommand(
       "up", "Run a local cluster (redis-server, broker, workers) in the foreground until Ctrl-C");
-  add_cluster_options(*up, up_options.workers, up_options.slots);
+  add_cluster_options(*up, up_options.workers, up_options.slots, up_options.plugins);
   add_common_options(*up, common);
 
   auto* submit =
