@@ -61,5 +61,36 @@ TEST(Plugin, WrongAbiExitsTwoBeforeServing) {
       << started.err;
 }
 
+// `simq run --plugin` hands the plug-in to the workers of its local cluster (redis-server,
+// broker, worker: real processes), which run examples/plugin/rosenbrock.toml with it.
+TEST(Plugin, ExampleSweepRunsOnALocalClusterWithThePlugin) {
+  const auto ran = run_command(
+      {bin("simq"), "run", std::string(SIMQ_SOURCE_DIR) + "/examples/plugin/rosenbrock.toml",
+       "--plugin", SIMQ_EXAMPLE_PLUGIN, "--format", "jsonl"},
+      120s);
+  ASSERT_EQ(ran.status, 0) << ran.out << ran.err;
+  std::istringstream lines(ran.out);
+  int rows = 0;
+  for (std::string line; std::getline(lines, line); ++rows) {
+    const Json row = Json::parse(line);
+    ASSERT_EQ(row["status"], "succeeded") << line;
+    const double x = row["params"]["x"];
+    const double y = row["params"]["y"];
+    const double expected = (1 - x) * (1 - x) + 100 * (y - x * x) * (y - x * x);
+    EXPECT_DOUBLE_EQ(row["result"]["value"].get<double>(), expected) << line;
+  }
+  EXPECT_EQ(rows, 25);
+}
+
+TEST(Plugin, LocalClusterWithABadPluginFailsAtStart) {
+  const auto ran = run_command(
+      {bin("simq"), "run", std::string(SIMQ_SOURCE_DIR) + "/examples/plugin/rosenbrock.toml",
+       "--plugin", "/nonexistent.so"},
+      120s);
+  EXPECT_NE(ran.status, 0);
+  EXPECT_NE(ran.err.find("simq-worker: --plugin /nonexistent.so: cannot load: "), std::string::npos)
+      << ran.err;
+}
+
 }  // namespace
 }  // namespace simq::test
