@@ -198,9 +198,13 @@ void load_plugin(const std::string& path, KernelRegistry& registry) {
       find_function<simq_plugin_abi_version_fn>(library.get(), "simq_plugin_abi_version");
   const auto register_kernels =
       find_function<simq_plugin_register_v1_fn>(library.get(), "simq_plugin_register_v1");
-  if (version != nullptr && version() != SIMQ_PLUGIN_ABI_VERSION) {
-    throw fail(
-        fmt::format("ABI version {}, this worker speaks {}", version(), SIMQ_PLUGIN_ABI_VERSION));
+  // The version first: a plug-in of another ABI may lack the v1 entry point.
+  if (version != nullptr) {
+    const uint32_t speaks = version();
+    if (speaks != SIMQ_PLUGIN_ABI_VERSION) {
+      throw fail(
+          fmt::format("ABI version {}, this worker speaks {}", speaks, SIMQ_PLUGIN_ABI_VERSION));
+    }
   }
   if (register_kernels == nullptr) throw fail("no simq_plugin_register_v1 (not a simq plug-in?)");
   if (version == nullptr) throw fail("no simq_plugin_abi_version (not a simq plug-in?)");
