@@ -36,14 +36,19 @@ std::stop_token RunningJobs::take(size_t slot_number, const JobRef& job) {
   slot.started = false;
   slot.sweep = job.sweep;
   slot.deadline.reset();
-  slot.source = std::stop_source();
+  // A stop state costs a heap allocation: reuse the last job's when no stop was ever decided
+  // for it (its kernel has returned; and with no reason set, stop() made no copy of the source
+  // that could still be requested after this point).
+  if (slot.reason != Stop::kNone || slot.source.stop_requested()) {
+    slot.source = std::stop_source();
+  }
   slot.reason = Stop::kNone;
   if (stop_all_) {
     slot.reason = Stop::kShutdown;
   } else if (cancelled_.contains(job.sweep)) {
     slot.reason = Stop::kCancel;
   }
-  // Nobody else holds this source yet: requesting under the lock runs no callback.
+  // No kernel holds this source's token yet: requesting under the lock runs no callback.
   if (slot.reason != Stop::kNone) slot.source.request_stop();
   return slot.source.get_token();
 }
