@@ -385,6 +385,20 @@ std::string string_param(const Json& params, std::string_view name, std::string 
   return value->get<std::string>();
 }
 
+// A string param that must be one of `choices`, the first being the default; `field` names it
+// in errors ("result.format"): `expected "json", "keyvalue" or "csv", got ...`.
+template <typename E, size_t N>
+E choice_param(const Json& params, std::string_view name, std::string_view field,
+               const std::array<std::pair<std::string_view, E>, N>& choices) {
+  const std::string value = string_param(params, name, std::string(choices[0].first));
+  std::string expected;
+  for (size_t i = 0; i < N; ++i) {
+    if (value == choices[i].first) return choices[i].second;
+    expected += fmt::format("{}\"{}\"", i == 0 ? "" : i + 1 == N ? " or " : ", ", choices[i].first);
+  }
+  bad(field, expected, Json(value));
+}
+
 std::vector<std::string> name_list(const Json& params, std::string_view name) {
   std::vector<std::string> out;
   const Json* value = find_param(params, name);
@@ -479,16 +493,10 @@ ExecConfig parse_config(const Json& params) {
       if (file == nullptr) throw KernelError("param 'result.file' is missing");
       if (!file->is_string()) bad("result.file", "a string", *file);
       config.result_file = checked_file_name(file->get<std::string>(), "result.file");
-      const std::string format = string_param(*result, "format", "json");
-      if (format == "json") {
-        config.result_format = FileFormat::kJson;
-      } else if (format == "keyvalue") {
-        config.result_format = FileFormat::kKeyValue;
-      } else if (format == "csv") {
-        config.result_format = FileFormat::kCsv;
-      } else {
-        bad("result.format", R"("json", "keyvalue" or "csv")", Json(format));
-      }
+      config.result_format = choice_param<FileFormat, 3>(*result, "format", "result.format",
+                                                         {{{"json", FileFormat::kJson},
+                                                           {"keyvalue", FileFormat::kKeyValue},
+                                                           {"csv", FileFormat::kCsv}}});
     } else {
       bad("result", R"("stdout_json", "exit_status" or a table {file, format})", *result);
     }
@@ -507,16 +515,10 @@ ExecConfig parse_config(const Json& params) {
   const char* tmpdir = std::getenv("TMPDIR");
   config.scratch_root =
       string_param(params, "scratch_root", tmpdir != nullptr && *tmpdir != '\0' ? tmpdir : "/tmp");
-  const std::string keep = string_param(params, "keep_scratch", "on_failure");
-  if (keep == "on_failure") {
-    config.keep_scratch = KeepScratch::kOnFailure;
-  } else if (keep == "always") {
-    config.keep_scratch = KeepScratch::kAlways;
-  } else if (keep == "never") {
-    config.keep_scratch = KeepScratch::kNever;
-  } else {
-    bad("keep_scratch", R"("on_failure", "always" or "never")", Json(keep));
-  }
+  config.keep_scratch = choice_param<KeepScratch, 3>(params, "keep_scratch", "keep_scratch",
+                                                     {{{"on_failure", KeepScratch::kOnFailure},
+                                                       {"always", KeepScratch::kAlways},
+                                                       {"never", KeepScratch::kNever}}});
   for (const auto& name : name_list(params, "store_files")) {
     config.store_files.push_back(checked_file_name(name, "store_files"));
   }
