@@ -130,40 +130,50 @@ def measure(name, figures, step):
         note(f"{name}: failed: {e}")
 
 
-def celery(args, env, procs, logdir):
-    def worker(concurrency):
-        log = open(os.path.join(logdir, f"celery-{concurrency}.log"), "ab")
-        return procs.start([PYTHON, "-m", "celery", "-A", "celery_app", "worker",
-                            f"--concurrency={concurrency}", "-P", "prefork",
-                            "--loglevel=WARNING", "--without-heartbeat", "--without-gossip",
-                            "--without-mingle"], env, log)
-
-    figures = {}
-    script = [PYTHON, "bench_celery.py"]
-    if "throughput" in args.figures or "latency" in args.figures:
-        w = worker(2)
-        try:
-            if "throughput" in args.figures:
-                measure("celery throughput", figures, lambda: parse_throughput(
-                    run(script + ["throughput", str(args.throughput_jobs)], env)))
-            if "latency" in args.figures:
-                measure("celery latency", figures, lambda: parse_latency(
-                    run(script + ["latency", str(args.latency_jobs)], env)))
-        finally:
+def with_workers(procs, start, count, step):
+    """Runs step() while `count` workers started by start(count) run; stops them after."""
+    started = start(count)
+    try:
+        return step()
+    finally:
+        for w in started:
             procs.stop(w)
+
+
+def pooled(name, script, start, procs, env, args, throughput_jobs, latency_jobs):
+    """The figures of a peer whose workers run beside its client (Celery, RQ): throughput
+    and latency on 2 workers, the fib sweep on each of --scaling-workers."""
+    figures = {}
+    if "throughput" in args.figures or "latency" in args.figures:
+        def rates():
+            if "throughput" in args.figures:
+                measure(f"{name} throughput", figures, lambda: parse_throughput(
+                    run(script + ["throughput", str(throughput_jobs)], env)))
+            if "latency" in args.figures:
+                measure(f"{name} latency", figures, lambda: parse_latency(
+                    run(script + ["latency", str(latency_jobs)], env)))
+        with_workers(procs, start, 2, rates)
     if "cpu" in args.figures:
         def scaling():
-            seconds = {}
-            for workers in args.scaling_workers:
-                w = worker(workers)
-                try:
-                    seconds[workers] = parse_seconds(
-                        run(script + ["fib", str(args.fib_jobs), str(args.fib_n)], env))
-                finally:
-                    procs.stop(w)
+            fib = script + ["fib", str(args.fib_jobs), str(args.fib_n)]
+            seconds = {count: with_workers(procs, start, count,
+                                           lambda: parse_seconds(run(fib, env)))
+                       for count in args.scaling_workers}
             return cpu_figures(seconds, args.fib_jobs, args.fib_n)
-        measure("celery cpu", figures, scaling)
+        measure(f"{name} cpu", figures, scaling)
     return figures
+
+
+def celery(args, env, procs, logdir):
+    def workers(concurrency):
+        log = open(os.path.join(logdir, f"celery-{concurrency}.log"), "ab")
+        return [procs.start([PYTHON, "-m", "celery", "-A", "celery_app", "worker",
+                             f"--concurrency={concurrency}", "-P", "prefork",
+                             "--loglevel=WARNING", "--without-heartbeat", "--without-gossip",
+                             "--without-mingle"], env, log)]
+
+    return pooled("celery", [PYTHON, "bench_celery.py"], workers, procs, env, args,
+                  args.throughput_jobs, args.latency_jobs)
 
 
 def dask(args, env, procs, logdir):
@@ -191,34 +201,8 @@ def rq(args, env, procs, logdir):
         return [procs.start([PYTHON, "-m", "rq.cli", "worker", "-u", env["PEER_REDIS"], "peer"],
                             env, log) for _ in range(count)]
 
-    figures = {}
-    script = [PYTHON, "bench_rq.py"]
-    if "throughput" in args.figures or "latency" in args.figures:
-        ws = workers(2)
-        try:
-            if "throughput" in args.figures:
-                measure("rq throughput", figures, lambda: parse_throughput(
-                    run(script + ["throughput", str(args.rq_throughput_jobs)], env)))
-            if "latency" in args.figures:
-                measure("rq latency", figures, lambda: parse_latency(
-                    run(script + ["latency", str(args.rq_latency_jobs)], env)))
-        finally:
-            for w in ws:
-                procs.stop(w)
-    if "cpu" in args.figures:
-        def scaling():
-            seconds = {}
-            for count in args.scaling_workers:
-                ws = workers(count)
-                try:
-                    seconds[count] = parse_seconds(
-                        run(script + ["fib", str(args.fib_jobs), str(args.fib_n)], env))
-                finally:
-                    for w in ws:
-                        procs.stop(w)
-            return cpu_figures(seconds, args.fib_jobs, args.fib_n)
-        measure("rq cpu", figures, scaling)
-    return figures
+    return pooled("rq", [PYTHON, "bench_rq.py"], workers, procs, env, args,
+                  args.rq_throughput_jobs, args.rq_latency_jobs)
 
 
 SYSTEMS = {"celery": celery, "dask": dask, "rq": rq}
