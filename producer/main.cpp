@@ -41,7 +41,8 @@ void add_submit_timeout(CLI::App& command, double& timeout_s) {
       .add_option("--submit-timeout", timeout_s,
                   "keep resending the sweep for up to S seconds while the broker is full, "
                   "restarting or not answering (0: for ever)")
-      ->check(CLI::NonNegativeNumber)
+      // Bounded (a year), so the error names a readable range and seconds fit in milliseconds.
+      ->check(CLI::Range(0.0, 31536000.0))
       ->option_text("S")
       ->capture_default_str();
 }

@@ -275,6 +275,10 @@ TEST(Cli, HelpAndBadFlags) {
   }
   EXPECT_EQ(run_command({bin("simq-worker"), "--slots", "0"}).status, 2);
   EXPECT_EQ(run_command({bin("simq-broker"), "--heartbeat-ms", "x"}).status, 2);
+  const auto timeout = run_command({bin("simq"), "submit", "x.toml", "--submit-timeout", "-5"});
+  EXPECT_EQ(timeout.status, 2);
+  EXPECT_THAT(timeout.err, HasSubstr("--submit-timeout: Value -5 not in range 0"));
+  EXPECT_THAT(timeout.err, HasSubstr("to 31536000")) << "a readable bound, not DBL_MAX";
   const auto format = run_command({bin("simq"), "results", "abc", "--format", "xml"});
   EXPECT_EQ(format.status, 2);
   EXPECT_THAT(format.err, HasSubstr("--format"));
