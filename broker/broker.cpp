@@ -360,6 +360,20 @@ void Broker::on_backend(const Envelope& message) {
                    it == workers_.end() ? worker : it->second.name, requeued);
       return;
     }
+    case Command::kCredit: {
+      const auto credit = decode_credit(message.body);
+      liveness_.touch(worker, now);
+      const auto it = workers_.find(worker);
+      const uint32_t slots = it == workers_.end() ? 0 : it->second.slots;
+      const uint64_t requeued =
+          dispatcher_.set_credit(worker, slots + credit.prefetch, credit.jobs);
+      counters_.requeued += requeued;
+      drop_cancelled(credit.jobs);
+      spdlog::debug("worker {} holds up to {} jobs beyond its {} slots; {} unstarted jobs requeued",
+                    it == workers_.end() ? worker : it->second.name, credit.prefetch, slots,
+                    requeued);
+      return;
+    }
     default:
       ++counters_.malformed;
       refuse(backend_, worker, 0, "bad_command",

@@ -33,6 +33,7 @@ void Dispatcher::add_worker(const WorkerId& worker, uint32_t credit, uint32_t bu
     free_credit_ -= w.free();
     w.credit = credit;
     w.busy = busy;
+    w.draining = false;
     free_credit_ += w.free();
     return;
   }
@@ -86,6 +87,24 @@ uint64_t Dispatcher::drain(const WorkerId& worker, const std::vector<JobRef>& jo
   Worker& w = *known->second;
   free_credit_ -= w.free();
   w.credit = 0;
+  w.draining = true;
+  return hand_back(w, jobs);
+}
+
+uint64_t Dispatcher::set_credit(const WorkerId& worker, uint32_t credit,
+                                const std::vector<JobRef>& jobs) {
+  auto known = worker_index_.find(worker);
+  if (known == worker_index_.end()) return 0;
+  Worker& w = *known->second;
+  if (!w.draining) {
+    free_credit_ -= w.free();
+    w.credit = credit;
+    free_credit_ += w.free();
+  }
+  return hand_back(w, jobs);
+}
+
+uint64_t Dispatcher::hand_back(Worker& w, const std::vector<JobRef>& jobs) {
   uint64_t requeued = 0;
   for (auto job = jobs.rbegin(); job != jobs.rend(); ++job) {
     const auto sweep = sweep_handles_.find(job->sweep);

@@ -54,6 +54,12 @@ class Dispatcher {
   // never started them). Returns how many were requeued; the others are ignored.
   uint64_t drain(const WorkerId& worker, const std::vector<JobRef>& jobs);
 
+  // A worker asks for `credit` jobs in flight from now on (its slots plus the jobs it asked to
+  // hold beyond them), unless it is draining (its credit stays 0). Those of `jobs` in flight
+  // on it with that attempt go back to the FRONT of the queue, same attempt (it never started
+  // them). Returns how many were requeued; the others are ignored.
+  uint64_t set_credit(const WorkerId& worker, uint32_t credit, const std::vector<JobRef>& jobs);
+
   // Queues jobs at the FRONT of the queue, in the order given, with their attempts as given
   // (held jobs once their fences are up, retries once their delay is over).
   void requeue_front(const std::vector<JobRef>& jobs);
@@ -130,6 +136,7 @@ class Dispatcher {
     uint32_t credit = 0;
     uint32_t in_flight = 0;
     uint32_t busy = 0;                // slots taken by jobs of an earlier session
+    bool draining = false;            // drain() was called: no more jobs, whatever it asks
     bool served = false;              // in served_ (else in unserved_)
     InFlightEntry* oldest = nullptr;  // head of this worker's in-flight list
     InFlightEntry* newest = nullptr;  // tail
@@ -150,6 +157,7 @@ class Dispatcher {
   void push_back(uint32_t sweep, uint64_t first, uint64_t count, uint32_t attempt);
   void push_front(uint32_t sweep, uint64_t index, uint32_t attempt);
   bool track(Worker& worker, const JobKey& key, uint32_t attempt);
+  uint64_t hand_back(Worker& worker, const std::vector<JobRef>& jobs);
   void untrack(InFlightMap::iterator it);
   void split_evenly(uint64_t jobs);
   void add_shares(WorkerList& workers, uint32_t max_batch, uint64_t& capacity);

@@ -144,47 +144,35 @@ class Verifier {
   }
 
   void add_entry(const std::string& id, const RedisReply& fields) {
-    std::optional<std::string> job_field;
-    std::optional<std::string> status_field;
-    std::optional<std::string> sweep_field;
-    for (size_t i = 0; i + 1 < fields.elements.size(); i += 2) {
-      const auto& name = fields.elements[i].str;
-      const auto& value = fields.elements[i + 1].str;
-      if (name == "job") job_field = value;
-      if (name == "status") status_field = value;
-      if (name == "sweep") sweep_field = value;
-    }
-    if (sweep_field && !job_field) {
-      if (*sweep_field != "done" && *sweep_field != "cancelled") {
-        unexpected(fmt::format("stream entry {}: sweep={}", id, *sweep_field));
-      } else if (!final_.empty()) {
-        unexpected(fmt::format("stream entry {}: a second final entry (sweep={} after sweep={})",
-                               id, *sweep_field, final_));
-      }
-      final_ = *sweep_field;
+    std::string end;
+    try {
+      end = parse_stream_entry(fields, [&](uint64_t index, std::string_view status) {
+        add_entry_job(id, index, parse_status(status));
+      });
+    } catch (const StoreError& e) {
+      unexpected(fmt::format("stream entry {}: {}", id, e.what()));
       return;
     }
-    const auto index = job_field ? parse_index(*job_field) : std::nullopt;
-    if (!index || *index >= info_.total) {
-      unexpected(fmt::format("stream entry {}: {}", id,
-                             !job_field ? std::string("neither a job nor the sweep's end")
-                             : index
-                                 ? fmt::format("job {} outside [0, {})", *job_field, info_.total)
-                                 : fmt::format("job \"{}\" is not a job index", *job_field)));
+    if (end.empty()) return;
+    if (!final_.empty()) {
+      unexpected(fmt::format("stream entry {}: a second final entry (sweep={} after sweep={})", id,
+                             end, final_));
+    }
+    final_ = end;
+  }
+
+  void add_entry_job(const std::string& id, uint64_t index, Status status) {
+    if (index >= info_.total) {
+      unexpected(fmt::format("stream entry {}: job {} outside [0, {})", id, index, info_.total));
       return;
     }
-    const Status status = status_field ? parse_status(*status_field) : kNone;
-    if (status == kNone) {
-      unexpected(fmt::format("stream entry {} of {}: status {}", id, job(*index),
-                             status_field ? "\"" + *status_field + "\"" : "missing"));
-    }
-    uint8_t& state = jobs_[*index];
+    uint8_t& state = jobs_[index];
     const int entries = (state & kEntriesMask) >> kEntriesShift;
     if (entries == 0) {
       state = static_cast<uint8_t>(state | (status << kEntryStatusShift) | (1 << kEntriesShift));
     } else if (entries == 1) {
       state = static_cast<uint8_t>((state & ~kEntriesMask) | (2 << kEntriesShift));
-      note(report_.duplicated, report_.duplicated_examples, job(*index));
+      note(report_.duplicated, report_.duplicated_examples, job(index));
     }
   }
 

@@ -55,6 +55,7 @@ int run(int argc, char** argv) {
   int heartbeat_ms = simq::kDefaultHeartbeatMs;
   int liveness = simq::kDefaultLiveness;
   int stop_grace_ms = simq::WorkerOptions{}.stop_grace_ms;
+  uint32_t max_prefetch = simq::WorkerOptions{}.max_prefetch;
   bool list_kernels = false;
   std::vector<std::string> plugins;
   app.add_option(
@@ -79,6 +80,11 @@ int run(int argc, char** argv) {
                  "results to reach Redis, in ms; jobs still running are then stopped and left "
                  "to the broker to run again (a second signal stops them at once)")
       ->check(CLI::Range(0, 3'600'000))
+      ->capture_default_str();
+  app.add_option("--max-prefetch", max_prefetch,
+                 "most jobs to hold beyond the slots while jobs are short (asked of the broker "
+                 "for ~5 ms of work per slot; none once a kernel runs 20 ms); 0 = never")
+      ->check(CLI::Range(0u, simq::kMaxPrefetch))
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
@@ -110,6 +116,7 @@ int run(int argc, char** argv) {
   options.heartbeat_ms = heartbeat_ms;
   options.liveness = liveness;
   options.stop_grace_ms = stop_grace_ms;
+  options.max_prefetch = max_prefetch;
   check_redis(options.redis);
 
   simq::Worker worker(std::move(options), std::move(kernels));

@@ -6,6 +6,8 @@
 #include <cassert>
 #include <utility>
 
+#include "simq/store.h"
+
 namespace simq {
 
 RunningJobs::RunningJobs(size_t slots, size_t max_cancelled)
@@ -34,7 +36,8 @@ std::stop_token RunningJobs::take(size_t slot_number, const JobRef& job) {
   assert(!slot.held && "a slot takes one job at a time");
   slot.held = true;
   slot.started = false;
-  slot.sweep = job.sweep;
+  slot.marked = false;
+  slot.job = job;
   slot.deadline.reset();
   // A stop state costs a heap allocation: reuse the last job's when no stop was ever decided
   // for it (its kernel has returned; and with no reason set, stop() made no copy of the source
@@ -60,6 +63,8 @@ bool RunningJobs::start_kernel(size_t slot_number, std::optional<Clock::time_poi
     assert(slot.held);
     if (slot.reason != Stop::kNone) return false;
     slot.started = true;
+    slot.started_at = Clock::now();
+    slot.started_unix = unix_time();
     slot.deadline = deadline;
     if (!deadline) return true;
     changed_ = true;
@@ -94,7 +99,7 @@ size_t RunningJobs::cancel(const std::string& sweep) {
       }
     }
     for (auto& slot : slots_) {
-      if (slot.held && slot.sweep == sweep) {
+      if (slot.held && slot.job.sweep == sweep) {
         ++held;
         stop(slot, Stop::kCancel, to_request);
       }
@@ -107,6 +112,24 @@ size_t RunningJobs::cancel(const std::string& sweep) {
 bool RunningJobs::cancelled(const std::string& sweep) {
   const std::lock_guard lock(mutex_);
   return cancelled_.contains(sweep);
+}
+
+RunningJobs::Look RunningJobs::look(Clock::time_point now, Clock::duration mark_after) {
+  Look look;
+  const std::lock_guard lock(mutex_);
+  for (auto& slot : slots_) {
+    if (!slot.held || !slot.started) continue;
+    look.longest = std::max(look.longest, now - slot.started_at);
+    if (slot.marked) continue;
+    const auto due = slot.started_at + mark_after;
+    if (due <= now) {
+      slot.marked = true;
+      look.to_mark.emplace_back(slot.job, slot.started_unix);
+    } else if (!look.next_mark || due < *look.next_mark) {
+      look.next_mark = due;
+    }
+  }
+  return look;
 }
 
 void RunningJobs::stop_unstarted() {

@@ -57,6 +57,17 @@ class RunningJobs {
   // The sweep is among the recently cancelled ones.
   bool cancelled(const std::string& sweep);
 
+  // What the worker's IO thread looks at every few milliseconds while kernels run.
+  struct Look {
+    // Kernels that have run for `mark_after` or more and were not in an earlier look's
+    // to_mark: their jobs get running marks. Each with the Unix time its kernel started.
+    std::vector<std::pair<JobRef, double>> to_mark;
+    // When the next kernel not marked yet reaches mark_after; nullopt if none is running.
+    std::optional<Clock::time_point> next_mark;
+    Clock::duration longest{};  // how long the longest-running kernel has run
+  };
+  Look look(Clock::time_point now, Clock::duration mark_after);
+
   // The worker stops taking jobs: those whose kernel has not started are stopped (kShutdown).
   void stop_unstarted();
   // Stops every job, and every job taken from now on (kShutdown). Returns how many kernels
@@ -67,7 +78,10 @@ class RunningJobs {
   struct Slot {
     bool held = false;     // the slot holds a job
     bool started = false;  // its kernel has started
-    std::string sweep;
+    bool marked = false;   // look() returned it in to_mark
+    JobRef job;
+    Clock::time_point started_at;  // when its kernel started
+    double started_unix = 0;
     std::optional<Clock::time_point> deadline;
     std::stop_source source;
     Stop reason = Stop::kNone;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cassert>
 #include <cerrno>
 #include <charconv>
@@ -48,6 +49,15 @@ constexpr milliseconds kMaxWriteAfterSlots(1000);
 constexpr int kMaxRefusals = 3;  // batches Redis refuses before each sweep is written apart
 constexpr int kMaxMessagesPerPoll = 256;     // broker messages read before looking at DONEs again
 constexpr size_t kMaxNameInRoutingId = 200;  // routing ids are at most 255 bytes
+// Pacing (Worker::pace): a kernel running this long gets a running mark (shorter jobs finish
+// before a mark could be written and need none); a worker holds at most this much work per slot
+// queued beyond its slots (its prefetch), and none once a kernel has run for kLongKernel.
+constexpr milliseconds kMarkAfter(10);
+constexpr auto kPrefetchHorizon = std::chrono::microseconds(5000);
+constexpr milliseconds kLongKernel(20);
+constexpr milliseconds kPaceEvery(5);       // how often the IO thread looks at the slots
+constexpr milliseconds kEstimateEvery(20);  // how often the prefetch is reconsidered
+constexpr uint64_t kMinJobsToEstimate = 8;  // jobs timed before a prefetch is asked for
 constexpr uint64_t kMinHeartbeatMs = 10;
 constexpr uint64_t kMaxHeartbeatMs = 3'600'000;
 constexpr uint64_t kMaxLiveness = 1000;
@@ -102,8 +112,11 @@ struct Worker::Connection {
   Clock::time_point last_heard;
   milliseconds reconnect_delay{0};
   Clock::time_point reconnect_at;
-  bool welcomed = false;      // this connection's HELLO was answered
-  bool done_blocked = false;  // a DONE could not be sent on this connection (warned once)
+  bool welcomed = false;            // this connection's HELLO was answered
+  bool done_blocked = false;        // a DONE could not be sent on this connection (warned once)
+  uint32_t prefetch = 0;            // jobs beyond the slots the broker was asked for (CREDIT)
+  Clock::time_point next_pace;      // when pace() looks at the slots again
+  Clock::time_point next_estimate;  // when pace() reconsiders the prefetch
 
   // DONE batches not yet handed to a socket, kept across connections: the next connection
   // announces their jobs as busy in HELLO, then sends them.
@@ -339,6 +352,7 @@ void Worker::connect(Connection& connection) {
   connection.last_heard = Clock::now();
   connection.welcomed = false;
   connection.done_blocked = false;
+  connection.prefetch = 0;  // a new connection starts with credit = slots
   spdlog::debug("connecting to broker at {} as {}", options_.broker, connection.routing_id);
   send_hello(connection);  // the one HELLO of this connection
   send_done(connection);   // reports held back while there was no connection
@@ -357,13 +371,11 @@ void Worker::disconnect(Connection& connection) {
 
 void Worker::send_hello(Connection& connection) {
   // On a new connection nothing is dispatched yet, so every unsettled job belongs to an
-  // earlier one. The broker cannot have had more than `slots` in flight here.
+  // earlier one. With a prefetch there may be more of them than slots (finished, waiting for
+  // Redis): at most `slots` are announced, and the broker counts the reports of the others as
+  // late.
   const uint64_t taken = jobs_.taken();
   const auto busy = static_cast<uint32_t>(std::min<uint64_t>(taken, options_.slots));
-  if (taken > options_.slots) {
-    spdlog::error("{} unreported jobs but only {} slots: announcing {} busy", taken, options_.slots,
-                  busy);
-  }
   if (busy > 0) {
     spdlog::info("connecting as {}: {} of {} slots still busy with jobs of an earlier connection",
                  connection.routing_id, busy, options_.slots);
@@ -510,16 +522,60 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
     send(connection, Command::kDrain, encode(DrainMsg{std::move(dispatch.jobs)}));
     return;
   }
-  const double now = unix_time();
-  std::vector<JobWrite> marks;
-  marks.reserve(dispatch.jobs.size());
-  for (const auto& job : dispatch.jobs) {
-    // A job of a sweep cancelled just before: its slot reports it without running it.
-    if (running_.cancelled(job.sweep)) continue;
-    marks.push_back(JobWrite{job, true, running_record(job, options_.name, now), false});
-  }
-  writes_.push_marks(std::move(marks));
+  // Running marks come later, from pace(), for the kernels that run long enough to need one.
+  spdlog::debug("DISPATCH of {} jobs", dispatch.jobs.size());
   jobs_.push(dispatch.jobs);
+}
+
+void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& wait,
+                  bool stopping) {
+  if (now < connection.next_pace) {
+    wait = std::min(wait, until(connection.next_pace, now));
+    return;
+  }
+  connection.next_pace = now + kPaceEvery;
+  const RunningJobs::Look look = running_.look(now, kMarkAfter);
+  if (!look.to_mark.empty() && !stopping) {
+    std::vector<JobWrite> marks;
+    marks.reserve(look.to_mark.size());
+    for (const auto& [job, started_at] : look.to_mark) {
+      marks.push_back(JobWrite{job, true, running_record(job, options_.name, started_at), false});
+    }
+    writes_.push_marks(std::move(marks));
+  }
+  if (look.next_mark) wait = std::min(wait, std::max(until(*look.next_mark, now), kPaceEvery));
+
+  if (stopping || !connection.socket || !connection.welcomed || options_.max_prefetch == 0) return;
+  uint32_t wanted = connection.prefetch;
+  if (look.longest >= kLongKernel) {
+    wanted = 0;  // a long job: what waits behind it may run elsewhere
+  } else if (now >= connection.next_estimate &&
+             finished_jobs_.load(std::memory_order_relaxed) >= kMinJobsToEstimate) {
+    connection.next_estimate = now + kEstimateEvery;
+    const uint64_t jobs = finished_jobs_.exchange(0);
+    const uint64_t ns = finished_ns_.exchange(0);
+    const double mean_ns = std::max(1.0, static_cast<double>(ns) / static_cast<double>(jobs));
+    const double per_slot =
+        std::chrono::duration<double, std::nano>(kPrefetchHorizon).count() / mean_ns;
+    wanted = 0;
+    if (per_slot >= 1) {
+      const double jobs_wanted = std::min<double>(
+          options_.max_prefetch, std::floor(per_slot) * static_cast<double>(options_.slots));
+      wanted = std::bit_floor(static_cast<uint32_t>(jobs_wanted));  // steps, not jitter
+    }
+  }
+  if (look.longest > Clock::duration::zero() && connection.prefetch > 0)
+    wait = std::min(wait, kLongKernel);
+  if (wanted == connection.prefetch) return;
+  CreditMsg credit{wanted, {}};
+  if (wanted == 0) credit.jobs = jobs_.clear();  // queued behind long jobs: run elsewhere
+  if (!send(connection, Command::kCredit, encode(credit))) {
+    jobs_.push(credit.jobs);  // not handed back after all
+    return;
+  }
+  spdlog::debug("holding up to {} jobs beyond {} slots ({} queued jobs handed back)", wanted,
+                options_.slots, credit.jobs.size());
+  connection.prefetch = wanted;
 }
 
 void Worker::on_cancel(const std::string& sweep) {
@@ -644,6 +700,8 @@ int Worker::run() {
       }
     }
 
+    pace(connection, now, wait, stopping);
+
     std::array<zmq_pollitem_t, 2> items{};
     items[0] = {done_in.handle(), 0, ZMQ_POLLIN, 0};
     size_t count = 1;
@@ -709,6 +767,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
     const std::stop_token job_stop = running_.take(slot, *job);
     if (stop.stop_requested()) running_.stop_unstarted();  // a stop came between pop and take
     Outcome outcome;
+    const auto start = Clock::now();
     try {
       outcome = run_job(slot, *job, job_stop);
     } catch (const std::exception& e) {
@@ -725,6 +784,11 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
       }
     }
     running_.release(slot);
+    finished_ns_.fetch_add(
+        static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count()),
+        std::memory_order_relaxed);
+    finished_jobs_.fetch_add(1, std::memory_order_relaxed);
     if (!outcome.write) {
       jobs_.settled(1);  // handed back: the broker requeues it when this worker says BYE
     } else if (outcome.retry_after_ms) {

@@ -49,6 +49,10 @@ struct WorkerOptions {
   // stop request; kernels still running are then stopped and unwritten results abandoned (the
   // broker runs those jobs again); 0 = do not wait; >= 0.
   int stop_grace_ms = 30000;
+  // Most jobs the worker asks the broker to keep dispatched to it beyond its slots. It asks
+  // for them only while its jobs are short (enough for ~5 ms of work per slot) and for none
+  // once a kernel runs 20 ms, handing back what waits then; 0 = credit is the slots, always.
+  uint32_t max_prefetch = 1024;
 };
 
 // Counters for logs and tests. Each is read and written atomically.
@@ -179,6 +183,10 @@ class Worker {
   void on_unknown_worker(Connection& connection, bool stopping);
   void on_dispatch(Connection& connection, std::string_view body, bool stopping);
   void on_cancel(const std::string& sweep);
+  // Every few ms: running marks for kernels that have run kMarkAfter, and the prefetch asked
+  // of the broker (CREDIT) from how long jobs take. Lowers `wait` to when it should look again.
+  void pace(Connection& connection, std::chrono::steady_clock::time_point now,
+            std::chrono::milliseconds& wait, bool stopping);
   // Stops taking jobs: tells the broker (DRAIN) and hands back the queued ones.
   void begin_stop(Connection& connection);
 
@@ -228,7 +236,9 @@ class Worker {
   WriteQueue writes_;
   MissingSweeps missing_sweeps_;
   std::atomic<unsigned> slots_running_{0};
-  RunningJobs running_;  // the slots' jobs and their stop sources
+  std::atomic<uint64_t> finished_jobs_{0};  // jobs the slots ended since the last estimate
+  std::atomic<uint64_t> finished_ns_{0};    // their time in the slots, in ns
+  RunningJobs running_;                     // the slots' jobs and their stop sources
 
   // Sweep specs by id, under specs_mutex_ (never held across a Redis call). The Store fetches
   // specs for the slots, one at a time under spec_store_mutex_ (taken before specs_mutex_).

@@ -13,7 +13,7 @@ namespace simq {
 
 namespace {
 
-constexpr std::array<std::pair<Command, std::string_view>, 14> kCommandNames{{
+constexpr std::array<std::pair<Command, std::string_view>, 15> kCommandNames{{
     {Command::kSubmit, "SUBMIT"},
     {Command::kSubmitted, "SUBMITTED"},
     {Command::kPing, "PING"},
@@ -28,6 +28,7 @@ constexpr std::array<std::pair<Command, std::string_view>, 14> kCommandNames{{
     {Command::kHeartbeat, "HEARTBEAT"},
     {Command::kBye, "BYE"},
     {Command::kDrain, "DRAIN"},
+    {Command::kCredit, "CREDIT"},
 }};
 
 using Packer = msgpack::packer<msgpack::sbuffer>;
@@ -193,6 +194,34 @@ std::vector<JobRef> decode_jobs(std::string_view body, std::string_view what) {
 std::string encode(const DrainMsg& msg) { return encode_jobs(msg.jobs); }
 
 DrainMsg decode_drain(std::string_view body) { return DrainMsg{decode_jobs(body, "DRAIN")}; }
+
+std::string encode(const CreditMsg& msg) {
+  return pack_map(2, [&](Packer& p) {
+    pack_field(p, "prefetch", msg.prefetch);
+    pack_key(p, "jobs");
+    p.pack_array(static_cast<uint32_t>(msg.jobs.size()));
+    for (const auto& job : msg.jobs) {
+      p.pack_array(3);
+      pack_job(p, job);
+    }
+  });
+}
+
+CreditMsg decode_credit(std::string_view body) {
+  const auto handle = unpack(body);
+  const MapReader r(handle.get(), "CREDIT");
+  CreditMsg msg{to_u32(r, "prefetch", r.u64("prefetch")), {}};
+  if (msg.prefetch > kMaxPrefetch) {
+    throw ProtocolError(fmt::format("CREDIT: field 'prefetch': expected 0 to {}, got {}",
+                                    kMaxPrefetch, msg.prefetch));
+  }
+  if (r.find("jobs") != nullptr) {
+    const auto& jobs = r.array("jobs");
+    msg.jobs.reserve(jobs.size);
+    for (uint32_t i = 0; i < jobs.size; ++i) msg.jobs.push_back(read_job(r, jobs.ptr[i], 3));
+  }
+  return msg;
+}
 
 std::string encode(const DispatchMsg& msg) { return encode_jobs(msg.jobs); }
 

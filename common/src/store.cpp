@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <map>
 #include <random>
@@ -50,32 +51,45 @@ return marked
 
 // KEYS: sweep record, jobs hash, running hash, events stream, active set, fence hash, lost hash.
 // ARGV: sweep id, now, then (index, attempt, status, record) per job.
-// Returns {stored, duplicates, orphans, fenced}.
+// Returns {stored, duplicates, orphans, fenced}. One stream entry announces every record the
+// call stored (fields succeeded/failed/cancelled: comma-separated indices), and the fence and
+// running hashes are only looked into when they exist: per job, a fresh sweep costs one HSETNX.
 constexpr const char* kFinishScript = R"lua(
 local n = (#ARGV - 2) / 4
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, n, 0} end
-local counts = {succeeded = 0, failed = 0, cancelled = 0}
+local fences = redis.call('EXISTS', KEYS[6]) == 1
+local marks = redis.call('EXISTS', KEYS[3]) == 1
+local stored = {succeeded = {}, failed = {}, cancelled = {}}
 local dup, fenced = 0, 0
 for i = 3, #ARGV, 4 do
   local index, status = ARGV[i], ARGV[i + 2]
-  local fence = tonumber(redis.call('HGET', KEYS[6], index) or '1')
+  local fence = fences and tonumber(redis.call('HGET', KEYS[6], index) or '1') or 1
   if tonumber(ARGV[i + 1]) < fence then
     -- A presumed-dead worker's attempt: a newer one owns the job (and its running mark).
     fenced = fenced + 1
   else
     -- Once a job has a terminal record no running mark of it is current.
-    redis.call('HDEL', KEYS[3], index)
+    if marks then redis.call('HDEL', KEYS[3], index) end
     if redis.call('HSETNX', KEYS[2], index, ARGV[i + 3]) == 1 then
-      redis.call('XADD', KEYS[4], '*', 'job', index, 'status', status)
-      counts[status] = counts[status] + 1
+      local list = stored[status]
+      list[#list + 1] = index
     else
       dup = dup + 1
     end
   end
 end
-for status, count in pairs(counts) do
-  if count > 0 then redis.call('HINCRBY', KEYS[1], status, count) end
+local entry = {}
+local new = 0
+for _, status in ipairs({'succeeded', 'failed', 'cancelled'}) do
+  local list = stored[status]
+  if #list > 0 then
+    entry[#entry + 1] = status
+    entry[#entry + 1] = table.concat(list, ',')
+    redis.call('HINCRBY', KEYS[1], status, #list)
+    new = new + #list
+  end
 end
+if new > 0 then redis.call('XADD', KEYS[4], '*', unpack(entry)) end
 if dup > 0 then redis.call('HINCRBY', KEYS[1], 'duplicates', dup) end
 if fenced > 0 then redis.call('HINCRBY', KEYS[1], 'fenced', fenced) end
 local h = redis.call('HMGET', KEYS[1], 'total', 'succeeded', 'failed', 'ttl_s', 'status',
@@ -97,7 +111,7 @@ elseif h[5] ~= 'running' then
     for _, k in ipairs({2, 4}) do redis.call('PEXPIRE', KEYS[k], pttl) end
   end
 end
-return {counts.succeeded + counts.failed + counts.cancelled, dup, 0, fenced}
+return {new, dup, 0, fenced}
 )lua";
 
 // KEYS: sweep record, fence hash, lost hash.
@@ -190,6 +204,51 @@ std::optional<SweepInfo> parse_sweep(const RedisReply& reply) {
 std::string format_time(double t) { return fmt::format("{:.6f}", t); }
 
 }  // namespace
+
+std::string parse_stream_entry(const RedisReply& fields,
+                               const std::function<void(uint64_t, std::string_view)>& on_job) {
+  if (fields.type != RedisReply::Type::kArray || fields.elements.size() % 2 != 0) {
+    throw StoreError("a stream entry must be a list of field/value pairs");
+  }
+  std::string end;
+  bool jobs = false;
+  for (size_t i = 0; i < fields.elements.size(); i += 2) {
+    const std::string& name = fields.elements[i].str;
+    const std::string& value = fields.elements[i + 1].str;
+    if (name == "sweep") {
+      if (value != "done" && value != "cancelled") {
+        throw StoreError(fmt::format("sweep={}: expected done or cancelled", value));
+      }
+      end = value;
+      continue;
+    }
+    if (name != "succeeded" && name != "failed" && name != "cancelled") {
+      throw StoreError(
+          fmt::format("unknown field \"{}\" (expected succeeded, failed, cancelled "
+                      "or sweep)",
+                      name));
+    }
+    jobs = true;
+    const char* p = value.data();
+    const char* const stop = value.data() + value.size();
+    for (;;) {
+      const char* comma = std::find(p, stop, ',');
+      uint64_t index = 0;
+      const auto [ptr, ec] = std::from_chars(p, comma, index);
+      if (ec != std::errc() || ptr != comma || (comma - p > 1 && *p == '0')) {
+        throw StoreError(fmt::format("{}=\"{}\": \"{}\" is not a job index", name,
+                                     value.size() > 64 ? value.substr(0, 64) + "..." : value,
+                                     std::string_view(p, static_cast<size_t>(comma - p))));
+      }
+      on_job(index, name);
+      if (comma == stop) break;
+      p = comma + 1;
+    }
+  }
+  if (!end.empty() && jobs) throw StoreError("a final entry (sweep=...) that also lists jobs");
+  if (end.empty() && !jobs) throw StoreError("neither jobs nor the sweep's end");
+  return end;
+}
 
 std::string sweep_key(const std::string& sweep) { return "simq:sweep:" + sweep; }
 std::string jobs_key(const std::string& sweep) { return "simq:sweep:" + sweep + ":jobs"; }
@@ -459,20 +518,12 @@ std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std:
   const auto& entries = reply.elements[0].elements.at(1).elements;
   events.reserve(entries.size());
   for (const auto& entry : entries) {
-    StreamEvent event;
-    event.id = entry.elements.at(0).str;
-    const auto& fields = entry.elements.at(1).elements;
-    for (size_t i = 0; i + 1 < fields.size(); i += 2) {
-      const auto& name = fields[i].str;
-      const auto& value = fields[i + 1].str;
-      if (name == "job") event.index = to_u64(value);
-      if (name == "status") event.ok = value == "succeeded";
-      if (name == "sweep") {
-        event.sweep_done = value == "done" || value == "cancelled";
-        event.cancelled = value == "cancelled";
-      }
-    }
-    events.push_back(std::move(event));
+    const std::string& id = entry.elements.at(0).str;
+    const std::string end =
+        parse_stream_entry(entry.elements.at(1), [&](uint64_t index, std::string_view status) {
+          events.push_back(StreamEvent{id, index, status == "succeeded", false, false});
+        });
+    if (!end.empty()) events.push_back(StreamEvent{id, 0, true, true, end == "cancelled"});
   }
   return events;
 }

@@ -2,9 +2,11 @@
 // attempt number, at most one terminal record per job, losses counted, cancellation final.
 #include "simq/store.h"
 
+#include <fmt/format.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "simq/errors.h"
 #include "simq/sweep.h"
 #include "test_support.h"
 
@@ -117,6 +119,72 @@ TEST_F(StoreTest, CancellingEndsTheSweepOnceAndLateResultsExpireWithIt) {
   bool ended = false;
   for (const auto& event : events) ended = ended || (event.sweep_done && event.cancelled);
   EXPECT_TRUE(ended);
+}
+
+TEST_F(StoreTest, OneWriteOfManyRecordsIsOneStreamEntryListingThemByStatus) {
+  ASSERT_TRUE(store.create_sweep("s5", spec_of(5), 60));
+  ASSERT_EQ(
+      store.finish({result("s5", 0, 1), result("s5", 3, 1, false), result("s5", 1, 1)}).stored, 3u);
+  const RedisReply entries = redis->command({"XRANGE", events_key("s5"), "-", "+"});
+  ASSERT_EQ(entries.elements.size(), 1u);
+  const auto& fields = entries.elements[0].elements[1].elements;
+  ASSERT_EQ(fields.size(), 4u);
+  EXPECT_EQ(fields[0].str, "succeeded");
+  EXPECT_EQ(fields[1].str, "0,1");
+  EXPECT_EQ(fields[2].str, "failed");
+  EXPECT_EQ(fields[3].str, "3");
+
+  const auto events = store.read_events("s5", "0", std::chrono::milliseconds(10), 100);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].index, 0u);
+  EXPECT_TRUE(events[0].ok);
+  EXPECT_EQ(events[1].index, 1u);
+  EXPECT_EQ(events[2].index, 3u);
+  EXPECT_FALSE(events[2].ok);
+  EXPECT_FALSE(events[2].sweep_done);
+  EXPECT_EQ(events[2].id, events[0].id);
+
+  // The rest, and the final entry.
+  store.finish({result("s5", 2, 1), result("s5", 4, 1)});
+  const auto rest = store.read_events("s5", events[2].id, std::chrono::milliseconds(10), 100);
+  ASSERT_EQ(rest.size(), 3u);
+  EXPECT_EQ(rest[0].index, 2u);
+  EXPECT_EQ(rest[1].index, 4u);
+  EXPECT_TRUE(rest[2].sweep_done);
+  EXPECT_FALSE(rest[2].cancelled);
+}
+
+TEST_F(StoreTest, AMalformedStreamEntryIsRefusedSayingWhatIsWrong) {
+  const auto parse = [](std::vector<std::string> values) {
+    RedisReply fields;
+    fields.type = RedisReply::Type::kArray;
+    for (auto& value : values) {
+      RedisReply element;
+      element.type = RedisReply::Type::kString;
+      element.str = std::move(value);
+      fields.elements.push_back(std::move(element));
+    }
+    std::vector<uint64_t> jobs;
+    try {
+      const std::string end = parse_stream_entry(
+          fields, [&](uint64_t index, std::string_view) { jobs.push_back(index); });
+      return fmt::format("end={} jobs={}", end, fmt::join(jobs, ","));
+    } catch (const StoreError& e) {
+      return std::string(e.what());
+    }
+  };
+  EXPECT_EQ(parse({"succeeded", "0,17", "cancelled", "3"}), "end= jobs=0,17,3");
+  EXPECT_EQ(parse({"sweep", "done"}), "end=done jobs=");
+  EXPECT_EQ(parse({"succeeded", "1,,2"}), "succeeded=\"1,,2\": \"\" is not a job index");
+  EXPECT_EQ(parse({"failed", "07"}), "failed=\"07\": \"07\" is not a job index");
+  EXPECT_EQ(parse({"failed", "-1"}), "failed=\"-1\": \"-1\" is not a job index");
+  EXPECT_EQ(parse({"job", "4"}),
+            "unknown field \"job\" (expected succeeded, failed, cancelled or sweep)");
+  EXPECT_EQ(parse({"sweep", "paused"}), "sweep=paused: expected done or cancelled");
+  EXPECT_EQ(parse({"sweep", "done", "failed", "1"}),
+            "a final entry (sweep=...) that also lists jobs");
+  EXPECT_EQ(parse({"succeeded"}), "a stream entry must be a list of field/value pairs");
+  EXPECT_EQ(parse({}), "neither jobs nor the sweep's end");
 }
 
 TEST_F(StoreTest, ASweepIsDoneWhenEveryJobHasOneRecordAndThenExpires) {

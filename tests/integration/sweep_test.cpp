@@ -63,8 +63,11 @@ void expect_one_record_per_job(Redis& redis, const std::string& sweep, long long
   EXPECT_EQ(counter(redis, sweep, "succeeded"), static_cast<uint64_t>(total));
   EXPECT_EQ(redis.command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, total);
   EXPECT_EQ(redis.command({"HLEN", "simq:sweep:" + sweep + ":running"}).integer, 0);
-  // One stream entry per job, plus the final "sweep done" entry.
-  EXPECT_EQ(redis.command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, total + 1);
+  // Each job announced once in the stream, then the final "sweep done" entry.
+  const StreamCount stream = stream_count(redis, sweep);
+  EXPECT_EQ(stream.announced, total);
+  EXPECT_EQ(stream.distinct, total);
+  EXPECT_EQ(stream.finals, 1);
 }
 
 TEST(Sweep, ThousandFibJobsOnTwoWorkersAllCorrect) {

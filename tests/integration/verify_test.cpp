@@ -86,12 +86,23 @@ TEST_F(Verify, ADeletedRecordIsLost) {
 
 TEST_F(Verify, ASecondCompletionIsDuplicated) {
   const auto sweep = finished_sweep(cluster_, dir_);
-  cluster_.redis().connect()->command(
-      {"XADD", events_key(sweep), "*", "job", "4", "status", "succeeded"});
+  cluster_.redis().connect()->command({"XADD", events_key(sweep), "*", "succeeded", "4"});
   const auto result = verify(sweep);
   EXPECT_EQ(result.status, 1) << result.out << result.err;
   EXPECT_THAT(result.out, HasSubstr("lost: 0, duplicated: 1, unexpected: 0"));
   EXPECT_THAT(result.out, HasSubstr("duplicated jobs:\n  " + sweep + ":4\n"));
+}
+
+TEST_F(Verify, AMalformedCompletionEntryIsUnexpected) {
+  const auto sweep = finished_sweep(cluster_, dir_);
+  const auto redis = cluster_.redis().connect();
+  redis->command({"XADD", events_key(sweep), "*", "succeeded", "3,x4"});
+  redis->command({"XADD", events_key(sweep), "*", "job", "4", "status", "succeeded"});
+  const auto result = verify(sweep);
+  EXPECT_EQ(result.status, 1) << result.out << result.err;
+  EXPECT_THAT(result.out, HasSubstr("unexpected: 2"));
+  EXPECT_THAT(result.out, HasSubstr("succeeded=\"3,x4\": \"x4\" is not a job index"));
+  EXPECT_THAT(result.out, HasSubstr("unknown field \"job\""));
 }
 
 TEST_F(Verify, ARecordOutsideTheSweepIsUnexpected) {

@@ -130,7 +130,10 @@ TEST(Worker, StoppedPastLivenessComesBackWithBusySlotsAndLosesNothing) {
 
   // Exactly one record and one completion event per job, plus the final event.
   EXPECT_EQ(redis->command({"HLEN", jobs_key}).integer, kJobs);
-  EXPECT_EQ(redis->command({"XLEN", "simq:sweep:" + sweep + ":events"}).integer, kJobs + 1);
+  const StreamCount stream = stream_count(*redis, sweep);
+  EXPECT_EQ(stream.announced, kJobs);
+  EXPECT_EQ(stream.distinct, kJobs);
+  EXPECT_EQ(stream.finals, 1);
   for (int i = 0; i < kJobs; ++i) {
     const auto record = Json::parse(redis->command({"HGET", jobs_key, std::to_string(i)}).str);
     EXPECT_EQ(record["status"], "succeeded") << record.dump();
@@ -178,7 +181,8 @@ class ScriptedBroker {
     std::string body;
   };
 
-  // The next message other than HEARTBEAT, or nullopt if none comes within `timeout`.
+  // The next message other than HEARTBEAT and CREDIT (kept in `credits`), or nullopt if none
+  // comes within `timeout`.
   std::optional<Message> next(std::chrono::milliseconds timeout) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
@@ -191,6 +195,10 @@ class ScriptedBroker {
         if (!socket_.recv(frames.back())) break;
       }
       if (frames.size() != 4 || frames[2].to_string() == "HEARTBEAT") continue;
+      if (frames[2].to_string() == "CREDIT") {
+        credits.push_back(decode_credit(frames[3].to_string_view()));
+        continue;
+      }
       return Message{frames[0].to_string(), frames[2].to_string(), frames[3].to_string()};
     }
     return std::nullopt;
@@ -205,6 +213,8 @@ class ScriptedBroker {
     }
     return decode_drain(message->body).jobs;
   }
+
+  std::vector<CreditMsg> credits;  // CREDIT messages received, oldest first
 
   void send(const std::string& worker, std::string_view command, const std::string& body) {
     socket_.send(zmq::buffer(worker), zmq::send_flags::sndmore);
@@ -244,12 +254,14 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
   EXPECT_EQ(decode_hello(hello->body).busy, 0u);
   const std::string first = hello->worker;
   broker.send(first, "WELCOME", encode(WelcomeMsg{1000, 10}));  // no silence within the test
-  // Jobs 0 and 1 take both slots (their running marks show the worker took them); job 2
-  // waits in the worker's queue.
+  // Jobs 0 and 1 take both slots (their running marks show the kernels run); job 2 waits in
+  // the worker's queue (its debug log shows it arrived).
   broker.send(first, "DISPATCH", encode(DispatchMsg{{{sweep, 0, 1}, {sweep, 1, 1}}}));
   ASSERT_TRUE(marked(2)) << log();
   broker.send(first, "DISPATCH", encode(DispatchMsg{{{sweep, 2, 1}}}));
-  ASSERT_TRUE(marked(3)) << log();
+  ASSERT_TRUE(wait_until([&] { return log().find("DISPATCH of 1 jobs") != std::string::npos; }, 5s))
+      << log();
+  EXPECT_EQ(redis->command({"HLEN", running_key}).integer, 2) << "job 2 has not started";
 
   // The broker has forgotten this connection; three ERRORs arrive before the worker reacts.
   const auto unknown = encode(ErrorMsg{0, "unknown_worker", "unknown worker: send HELLO first"});
@@ -718,6 +730,53 @@ TEST(Worker, AResultOfAStaleAttemptIsNotStored) {
   EXPECT_EQ(info->fenced, 1u);
   EXPECT_EQ(info->succeeded, 0u);
   EXPECT_THAT(worker.log(), HasSubstr("1 results discarded: a newer attempt of those jobs owns"));
+}
+
+TEST(Worker, ShortJobsEarnAPrefetchThatALongKernelHandsBack) {
+  RedisServer redis;
+  TempDir dir;
+  const std::string quick =
+      record_sweep(redis, "kernel = \"noop\"\n[grid]\ni = { range = [0, 40] }\n");
+  const std::string slow =
+      record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [1, 1, 1, 1]\n");
+  Served worker(redis, dir, 1);
+  ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
+
+  // Forty microsecond jobs: the worker asks to hold more than its one slot.
+  std::vector<JobRef> jobs;
+  for (uint64_t i = 0; i < 40; ++i) jobs.push_back({quick, i, 1});
+  worker.dispatch(jobs);
+  ASSERT_EQ(worker.done(40, 5s).size(), 40u) << worker.log();
+  ASSERT_TRUE(wait_until(
+      [&] {
+        worker.broker.next(50ms);
+        return !worker.broker.credits.empty();
+      },
+      5s))
+      << worker.log();
+  const CreditMsg asked = worker.broker.credits.back();
+  EXPECT_GE(asked.prefetch, 64u) << "5 ms of microsecond jobs";
+  EXPECT_LE(asked.prefetch, 1024u) << "--max-prefetch";
+  EXPECT_TRUE(asked.jobs.empty());
+
+  // Four 1 s jobs on one slot: once the first has run 20 ms, the three waiting behind it go
+  // back to the broker, and the worker holds nothing beyond its slot.
+  worker.dispatch({{slow, 0, 1}, {slow, 1, 1}, {slow, 2, 1}, {slow, 3, 1}});
+  ASSERT_TRUE(wait_until(
+      [&] {
+        worker.broker.next(50ms);
+        return worker.broker.credits.size() > 1;
+      },
+      5s))
+      << worker.log();
+  const CreditMsg handed = worker.broker.credits.back();
+  EXPECT_EQ(handed.prefetch, 0u);
+  EXPECT_EQ(handed.jobs, (std::vector<JobRef>{{slow, 1, 1}, {slow, 2, 1}, {slow, 3, 1}}));
+  const auto done = worker.done(1, 5s);
+  ASSERT_EQ(done.size(), 1u) << worker.log();
+  EXPECT_EQ(done[0].job, (JobRef{slow, 0, 1})) << "only the job that started runs here";
+  EXPECT_FALSE(worker.done(1, 1500ms).size() > 0) << "the handed-back jobs do not run here";
+  EXPECT_TRUE(record_of(redis, slow, 1).is_null());
 }
 
 }  // namespace

@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
 
 #include "simq/errors.h"
 #include "simq/json.h"
+#include "simq/store.h"
 
 namespace simq::test {
 
@@ -144,6 +146,21 @@ double env_number(const char* name, double fallback) {
   char* end = nullptr;
   const double value = std::strtod(text, &end);
   return *end == '\0' ? value : fallback;
+}
+
+StreamCount stream_count(Redis& redis, const std::string& sweep) {
+  StreamCount count;
+  std::set<uint64_t> jobs;
+  const RedisReply entries = redis.command({"XRANGE", events_key(sweep), "-", "+"});
+  for (const auto& entry : entries.elements) {
+    const std::string end = parse_stream_entry(entry.elements.at(1), [&](uint64_t index, auto) {
+      ++count.announced;
+      jobs.insert(index);
+    });
+    if (!end.empty()) ++count.finals;
+  }
+  count.distinct = static_cast<long long>(jobs.size());
+  return count;
 }
 
 namespace {

@@ -100,6 +100,15 @@ long long peak_rss_kib(int pid);
 // A number from the environment (`fallback` when unset or not a number).
 double env_number(const char* name, double fallback);
 
+// What a sweep's completion stream says (docs/redis-schema.md), read with XRANGE: job
+// announcements in all, distinct jobs announced, and final ("sweep ...") entries.
+struct StreamCount {
+  long long announced = 0;
+  long long distinct = 0;
+  long long finals = 0;
+};
+StreamCount stream_count(Redis& redis, const std::string& sweep);
+
 }  // namespace simq::test
 
 namespace simq::test {

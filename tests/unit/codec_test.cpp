@@ -84,6 +84,20 @@ TEST(Protocol, CancelAndCancelledRoundTrip) {
   EXPECT_THROW(decode_cancel(encode(CancelMsg{1, ""})), ProtocolError);
 }
 
+TEST(Protocol, CreditCarriesThePrefetchAndHandedBackJobs) {
+  const auto credit = decode_credit(encode(CreditMsg{512, {{"s1", 7, 2}}}));
+  EXPECT_EQ(credit.prefetch, 512u);
+  EXPECT_EQ(credit.jobs, (std::vector<JobRef>{{"s1", 7, 2}}));
+  EXPECT_TRUE(decode_credit(encode(CreditMsg{0, {}})).jobs.empty());
+  EXPECT_THAT(protocol_error([&] {
+                decode_credit(encode(CreditMsg{100001, {}}));
+              }),
+              HasSubstr("CREDIT: field 'prefetch': expected 0 to 100000, got 100001"));
+  EXPECT_THAT(protocol_error([&] { decode_credit(encode(PingMsg{1})); }),
+              HasSubstr("CREDIT: field 'prefetch' is missing"));
+  EXPECT_EQ(command_from_name("CREDIT"), Command::kCredit);
+}
+
 TEST(Protocol, DoneRetryDelayMustBeUnsigned) {
   // [sweep, index, attempt, ok, retry_after_ms] with a string where the delay belongs.
   msgpack::sbuffer buffer;

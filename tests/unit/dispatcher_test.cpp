@@ -372,6 +372,33 @@ TEST(Dispatcher, ADrainingWorkerGetsNothingMoreAndItsUnstartedJobsRunElsewhere) 
             (std::vector<JobRef>{{"s", 1, 1}, {"s", 2, 1}, {"s", 3, 1}, {"s", 4, 1}}));
 }
 
+TEST(Dispatcher, CreditBeyondTheSlotsIsHeldAndHandedBackJobsRunElsewhere) {
+  Dispatcher d;
+  d.add_worker("a", 2);
+  d.add_range("s", 0, 10);
+  ASSERT_EQ(d.dispatch(100).at(0).jobs.size(), 2u);
+  // Short jobs: a asks to hold 4 more than its 2 slots.
+  EXPECT_EQ(d.set_credit("a", 6, {}), 0u);
+  EXPECT_EQ(d.free_credit("a"), 4u);
+  EXPECT_EQ(jobs_of(d.dispatch(100), "a"),
+            (std::vector<JobRef>{{"s", 2, 1}, {"s", 3, 1}, {"s", 4, 1}, {"s", 5, 1}}));
+  // A long kernel: a holds nothing beyond its slots again and hands back the four it had not
+  // started (and a stale entry, ignored); they go to the front of the queue, in order.
+  EXPECT_EQ(d.set_credit("a", 2, {{"s", 2, 1}, {"s", 3, 1}, {"s", 4, 1}, {"s", 5, 1}, {"s", 9, 1}}),
+            4u);
+  EXPECT_EQ(d.in_flight("a"), 2u);
+  EXPECT_EQ(d.free_credit("a"), 0u);
+  EXPECT_TRUE(d.dispatch(100).empty());
+  d.add_worker("b", 3);
+  EXPECT_EQ(jobs_of(d.dispatch(100), "b"),
+            (std::vector<JobRef>{{"s", 2, 1}, {"s", 3, 1}, {"s", 4, 1}}));
+  // A draining worker's credit stays 0, whatever a late CREDIT asks.
+  EXPECT_EQ(d.drain("b", {}), 0u);
+  EXPECT_EQ(d.set_credit("b", 50, {}), 0u);
+  EXPECT_EQ(d.free_credit("b"), 0u);
+  EXPECT_EQ(d.set_credit("nobody", 5, {{"s", 5, 1}}), 0u);
+}
+
 TEST(Dispatcher, LateCompleteAfterRequeueIsRejected) {
   Dispatcher d;
   d.add_worker("a", 1);

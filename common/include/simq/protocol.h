@@ -20,6 +20,8 @@ inline constexpr std::string_view kProtocol = "SIMQ1";
 
 // Most slots one worker may announce.
 inline constexpr uint32_t kMaxSlots = 100000;
+// Most jobs a worker may ask to hold beyond its slots (CREDIT).
+inline constexpr uint32_t kMaxPrefetch = 100000;
 
 enum class Command {
   // client <-> broker frontend
@@ -38,6 +40,7 @@ enum class Command {
   kHeartbeat,  // both ways
   kBye,        // worker: I am leaving (graceful)
   kDrain,      // worker: I am stopping: send nothing more; these jobs were not started
+  kCredit,     // worker: hold this many jobs beyond my slots; these jobs were not started
 };
 
 std::string_view command_name(Command command);
@@ -109,6 +112,14 @@ struct DrainMsg {
   std::vector<JobRef> jobs;
 };
 
+// CREDIT: how many jobs beyond its slots the worker asks the broker to keep dispatched to it
+// (it runs them as slots free up: short jobs), and jobs it hands back unstarted (run them
+// elsewhere, same attempt) because they wait behind long ones.
+struct CreditMsg {
+  uint32_t prefetch = 0;     // 0 to kMaxPrefetch
+  std::vector<JobRef> jobs;  // may be empty
+};
+
 struct DoneJob {
   JobRef job;
   bool ok = true;  // succeeded (false: failed; the record in Redis says why)
@@ -133,6 +144,7 @@ std::string encode(const WelcomeMsg& msg);
 std::string encode(const DispatchMsg& msg);
 std::string encode(const DoneMsg& msg);
 std::string encode(const DrainMsg& msg);
+std::string encode(const CreditMsg& msg);
 std::string encode_empty();  // HEARTBEAT and BYE bodies: an empty map
 
 // Decoders throw ProtocolError naming the message, the field and what was expected.
@@ -148,6 +160,7 @@ WelcomeMsg decode_welcome(std::string_view body);
 DispatchMsg decode_dispatch(std::string_view body);
 DoneMsg decode_done(std::string_view body);
 DrainMsg decode_drain(std::string_view body);
+CreditMsg decode_credit(std::string_view body);
 void decode_empty(std::string_view body, std::string_view what);
 
 // One received message, frames split.

@@ -90,6 +90,15 @@ struct FinishCounts {
   uint64_t fenced = 0;      // written by an attempt older than the job's fence: discarded
 };
 
+// Reads the field/value list of one completion-stream entry (docs/redis-schema.md): calls
+// on_job(index, status) for each job the entry announces, status "succeeded", "failed" or
+// "cancelled", in the entry's order. Returns the sweep's end for the final entry ("done" or
+// "cancelled"), "" for a jobs entry. Throws StoreError naming what is malformed: an odd list,
+// an unknown field, an index that is not a decimal job index, a final entry that also lists jobs.
+std::string parse_stream_entry(const RedisReply& fields,
+                               const std::function<void(uint64_t, std::string_view)>& on_job);
+
+// One job of the completion stream, or its final entry.
 struct StreamEvent {
   std::string id;           // stream entry id
   uint64_t index = 0;       // job index
