@@ -250,9 +250,11 @@ class IndexRuns {
 // cancelled sweep, each job that never ran: never_ran_record()), in job order,
 // reading kRecordChunk records per round trip. With `only`, chunks and indices it does not
 // contain are skipped. Returns false if a stop signal came after the first `signals_before`.
-template <typename Visit>
+// `raw(index, text)` sees each stored record's text first; when it returns true (it has dealt
+// with the record) the record is neither parsed nor visited.
+template <typename Visit, typename Raw>
 bool for_each_record(Store& store, const SweepInfo& info, const std::optional<SweepSpec>& spec,
-                     IndexRuns* only, int signals_before, Visit&& visit) {
+                     IndexRuns* only, int signals_before, Visit&& visit, Raw&& raw) {
   for (uint64_t first = 0; first < info.total; first += kRecordChunk) {
     if (stop_signals() > signals_before) return false;
     const uint64_t count = std::min(kRecordChunk, info.total - first);
@@ -266,6 +268,7 @@ bool for_each_record(Store& store, const SweepInfo& info, const std::optional<Sw
         if (info.status == "cancelled") visit(index, never_ran_record(info, spec, index));
         continue;
       }
+      if (raw(index, std::string_view(*texts[i]))) continue;
       Json record = parse_job_record(*texts[i], info.id, index);
       if (record["status"] == "corrupt" && record["params"].is_null()) {
         record["params"] = derived_params(spec, index);
@@ -274,6 +277,13 @@ bool for_each_record(Store& store, const SweepInfo& info, const std::optional<Sw
     }
   }
   return true;
+}
+
+template <typename Visit>
+bool for_each_record(Store& store, const SweepInfo& info, const std::optional<SweepSpec>& spec,
+                     IndexRuns* only, int signals_before, Visit&& visit) {
+  return for_each_record(store, info, spec, only, signals_before, std::forward<Visit>(visit),
+                         [](uint64_t, std::string_view) { return false; });
 }
 
 // The human view of a job record (terminal or running mark).
@@ -553,7 +563,16 @@ int print_results(Store& store, const std::string& sweep, ResultFormat format, s
       text += jsonl_line(record);
       if (text.size() >= kOutputBuffer) flush();
     };
-    complete = for_each_record(store, *info, spec, nullptr, signals_before, print);
+    // Records as workers store them are printed as they are, without parsing them.
+    const auto print_plain = [&](uint64_t /*index*/, std::string_view stored) {
+      if (!is_plain_record_line(stored)) return false;
+      ++present;
+      text += stored;
+      text += '\n';
+      if (text.size() >= kOutputBuffer) flush();
+      return true;
+    };
+    complete = for_each_record(store, *info, spec, nullptr, signals_before, print, print_plain);
   } else {
     // Two passes, so that memory stays bounded for any sweep size: the first learns the columns
     // (and widths), the second prints the records the first one saw.

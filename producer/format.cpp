@@ -196,6 +196,100 @@ std::string jsonl_line(const Json& record) {
   return dump_lenient(copy) + '\n';
 }
 
+namespace {
+
+// The SAX pass of is_plain_record_line(): validates the text (nlohmann's parser, no values
+// built) and checks the top-level keys and the types of job, status and index.
+class PlainRecordCheck : public nlohmann::json_sax<Json> {
+ public:
+  bool plain() const {
+    return ok_ && object_ && job_ && status_ && index_ && sweep_ && required_ == kAllRequired;
+  }
+
+  bool null() override { return value(Kind::kOther); }
+  bool boolean(bool /*value*/) override { return value(Kind::kOther); }
+  bool number_integer(number_integer_t value) override {
+    return this->value(value >= 0 ? Kind::kUnsigned : Kind::kOther);
+  }
+  bool number_unsigned(number_unsigned_t /*value*/) override { return value(Kind::kUnsigned); }
+  bool number_float(number_float_t /*value*/, const string_t& /*text*/) override {
+    return value(Kind::kOther);
+  }
+  bool string(string_t& /*value*/) override { return value(Kind::kString); }
+  bool binary(binary_t& /*value*/) override { return ok_ = false; }
+  bool start_object(std::size_t /*elements*/) override {
+    if (depth_ == 0) object_ = true;
+    value(Kind::kOther);
+    ++depth_;
+    return true;
+  }
+  bool end_object() override {
+    --depth_;
+    return true;
+  }
+  bool start_array(std::size_t /*elements*/) override {
+    if (depth_ == 0) return ok_ = false;
+    value(Kind::kOther);
+    ++depth_;
+    return true;
+  }
+  bool end_array() override {
+    --depth_;
+    return true;
+  }
+  bool key(string_t& name) override {
+    if (depth_ != 1) return true;
+    if (std::find(keys_.begin(), keys_.end(), name) != keys_.end()) return ok_ = false;
+    keys_.push_back(name);
+    current_ = name;
+    return true;
+  }
+  bool parse_error(std::size_t /*position*/, const std::string& /*last_token*/,
+                   const nlohmann::detail::exception& /*error*/) override {
+    return ok_ = false;
+  }
+
+ private:
+  enum class Kind { kString, kUnsigned, kOther };
+  static constexpr unsigned kAllRequired = (1U << std::size(kRequiredKeys)) - 1;
+
+  // A value at depth 1 belongs to the key just read.
+  bool value(Kind kind) {
+    if (depth_ != 1) return true;
+    if (current_ == "job") job_ = kind == Kind::kString;
+    if (current_ == "status") status_ = kind == Kind::kString;
+    if (current_ == "index") index_ = kind == Kind::kUnsigned;
+    if (current_ == "sweep") sweep_ = true;
+    for (size_t i = 0; i < std::size(kRequiredKeys); ++i) {
+      if (current_ == kRequiredKeys[i]) required_ |= 1U << i;
+    }
+    return true;
+  }
+
+  int depth_ = 0;
+  bool ok_ = true;
+  bool object_ = false;
+  bool job_ = false;
+  bool status_ = false;
+  bool index_ = false;
+  bool sweep_ = false;
+  unsigned required_ = 0;
+  std::string current_;
+  std::vector<std::string> keys_;
+};
+
+}  // namespace
+
+bool is_plain_record_line(std::string_view text) {
+  if (text.find('\n') != std::string_view::npos || text.find('\r') != std::string_view::npos) {
+    return false;
+  }
+  PlainRecordCheck check;
+  const bool parsed = Json::sax_parse(text.begin(), text.end(), &check,
+                                      nlohmann::detail::input_format_t::json, true);
+  return parsed && check.plain();
+}
+
 // ResultLayout ------------------------------------------------------------------------------
 
 ResultLayout::ResultLayout(CellStyle style, const std::vector<std::string>& param_names)

@@ -184,6 +184,48 @@ TEST(FormatJsonl, OneCompactObjectPerLineWithTheRequiredKeys) {
   }
 }
 
+TEST(FormatJsonl, AWorkersRecordIsPrintedAsStoredAndMeansTheSame) {
+  const std::string stored =
+      R"({"job":"s1:7","sweep":"s1","index":7,"status":"succeeded","kernel":"fib",)"
+      R"("params":{"n":10,"tag":"\u00e9t\u00e9"},"result":{"value":55,"x":[1.5,2e-9]},)"
+      R"("error":null,"attempts":1,"worker":"vm:12","started_at":1763771234.5,)"
+      R"("finished_at":1763771234.6,"elapsed_s":0.1})";
+  EXPECT_TRUE(is_plain_record_line(stored));
+  // What the parsing path prints for it means the same (here: to the byte, but the escapes).
+  EXPECT_EQ(Json::parse(jsonl_line(parse_job_record(stored, "s1", 7))), Json::parse(stored));
+  const std::string compact = parse_job_record(stored, "s1", 7).dump();
+  EXPECT_TRUE(is_plain_record_line(compact));
+  EXPECT_EQ(jsonl_line(parse_job_record(compact, "s1", 7)), compact + "\n");
+}
+
+TEST(FormatJsonl, RecordsThatNeedMendingOrAreNotOneLineAreNotPlain) {
+  const auto with = [](const std::string& fields) {
+    return R"({"job":"s1:7","sweep":"s1","index":7,"status":"failed","params":{},)" + fields + "}";
+  };
+  EXPECT_TRUE(is_plain_record_line(with(R"("result":null,"error":"x","attempts":2)")));
+  EXPECT_FALSE(is_plain_record_line(with(R"("result":null,"error":"x")"))) << "no attempts";
+  EXPECT_FALSE(is_plain_record_line(with(R"("result":null,"error":"x","attempts":2,"error":1)")))
+      << "a repeated key";
+  EXPECT_FALSE(is_plain_record_line(with("\"result\":null,\n\"error\":\"x\",\"attempts\":2")))
+      << "two lines";
+  EXPECT_FALSE(is_plain_record_line(with(R"("result":null,"error":"x","attempts":2,)")))
+      << "not JSON";
+  EXPECT_FALSE(is_plain_record_line(with("\"result\":null,\"error\":\"\xff\",\"attempts\":2")))
+      << "invalid UTF-8";
+  const std::string fields = R"(,"params":{},"result":null,"error":null,"attempts":1})";
+  EXPECT_FALSE(is_plain_record_line(R"({"job":7,"sweep":"s1","index":7,"status":"x")" + fields));
+  EXPECT_FALSE(is_plain_record_line(R"({"job":"j","sweep":"s1","index":-7,"status":"x")" + fields));
+  EXPECT_FALSE(
+      is_plain_record_line(R"({"job":"j","sweep":"s1","index":7.5,"status":"x")" + fields));
+  EXPECT_FALSE(is_plain_record_line(R"({"job":"j","index":7,"status":"x")" + fields)) << "no sweep";
+  EXPECT_FALSE(is_plain_record_line(R"({"job":"j","sweep":"s","index":7,"status":1)" + fields));
+  EXPECT_FALSE(is_plain_record_line(R"([{"job":"j"}])"));
+  EXPECT_FALSE(is_plain_record_line(""));
+  // Keys of nested objects are not the record's.
+  EXPECT_FALSE(is_plain_record_line(
+      R"({"job":"j","sweep":"s","index":7,"status":"x","params":{"result":1,"error":2,"attempts":3}})"));
+}
+
 TEST(FormatCell, NumbersAreCompactInTablesAndExactInCsv) {
   EXPECT_EQ(format_cell(Json(42), CellStyle::kTable), "42");
   EXPECT_EQ(format_cell(Json(-7), CellStyle::kCsv), "-7");
