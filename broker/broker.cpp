@@ -231,6 +231,7 @@ void Broker::on_submit(const Envelope& message) {
     return;
   }
   if (created) {
+    remember_spec(submit.sweep_id, encode_spec(spec.to_json()));  // as Redis has it
     dispatcher_.add_range(submit.sweep_id, 0, spec.total());
     ++counters_.submitted;
     spdlog::info("sweep {} submitted: {} jobs of kernel {}", submit.sweep_id, spec.total(),
@@ -304,7 +305,7 @@ void Broker::on_backend(const Envelope& message) {
     const auto hello = decode_hello(message.body);
     if (dispatcher_.has_worker(worker)) drop_worker(worker, "said HELLO again", true);
     dispatcher_.add_worker(worker, hello.slots, hello.busy);
-    workers_[worker] = WorkerInfo{hello.name, hello.slots};
+    workers_[worker] = WorkerInfo{hello.name, hello.slots, {}};
     liveness_.touch(worker, now);
     spdlog::info("worker {} joined with {} slots ({} still busy with earlier jobs)", hello.name,
                  hello.slots, hello.busy);
@@ -331,7 +332,8 @@ void Broker::on_backend(const Envelope& message) {
             ++counters_.retries;
             const auto delay =
                 static_cast<int64_t>(std::min<uint64_t>(*job.retry_after_ms, kMaxRetryDelayMs));
-            delayed_.emplace(now + delay,
+            // +1: `now` is whole milliseconds, rounded down; a retry is never early.
+            delayed_.emplace(now + delay + 1,
                              JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
           }
           continue;
@@ -488,9 +490,34 @@ void Broker::dispatch() {
     auto assignments = dispatcher_.dispatch(options_.max_batch);
     if (assignments.empty()) return;
     for (auto& assignment : assignments) {
-      send_to_worker(assignment.worker, Command::kDispatch,
-                     encode(DispatchMsg{std::move(assignment.jobs)}));
+      DispatchMsg message(std::move(assignment.jobs));
+      // The specs of sweeps new to this worker come along: it need not read them from Redis.
+      const auto worker = workers_.find(assignment.worker);
+      if (worker != workers_.end() && !inline_specs_.empty()) {
+        auto& sent = worker->second.specs_sent;
+        for (const auto& job : message.jobs) {
+          const auto spec = inline_specs_.find(job.sweep);
+          if (spec == inline_specs_.end() || sent.contains(job.sweep)) continue;
+          if (sent.size() >= kMaxSpecsSent) sent.clear();
+          sent.insert(job.sweep);
+          message.spec_bodies.emplace_back(job.sweep, spec->second);
+        }
+      }
+      send_to_worker(assignment.worker, Command::kDispatch, encode(message));
     }
+  }
+}
+
+void Broker::remember_spec(const std::string& sweep, std::string body) {
+  if (body.size() > kInlineSpecMaxBytes || inline_specs_.contains(sweep)) return;
+  inline_bytes_ += body.size();
+  inline_specs_.emplace(sweep, std::move(body));
+  inline_order_.push_back(sweep);
+  while (inline_bytes_ > kInlineSpecsBytes) {
+    const auto oldest = inline_specs_.find(inline_order_.front());
+    inline_bytes_ -= oldest->second.size();
+    inline_specs_.erase(oldest);
+    inline_order_.pop_front();
   }
 }
 

@@ -72,6 +72,7 @@ class Broker {
   struct WorkerInfo {
     std::string name;
     uint32_t slots = 0;
+    std::unordered_set<std::string> specs_sent;  // sweeps whose spec a DISPATCH carried to it
   };
 
   void recover();
@@ -95,6 +96,9 @@ class Broker {
   void redis_failed(const Error& error);
   void redis_answered();
   void dispatch();
+  // Keeps a new sweep's spec (MessagePack) for the first DISPATCH of it to each worker, if it is
+  // small; the oldest are forgotten past kInlineSpecsBytes (workers then read them from Redis).
+  void remember_spec(const std::string& sweep, std::string body);
   void heartbeat(int64_t now_ms);
   void publish_status();
 
@@ -125,6 +129,14 @@ class Broker {
     bool operator()(const Delayed& a, const Delayed& b) const { return a.first > b.first; }
   };
   std::priority_queue<Delayed, std::vector<Delayed>, Later> delayed_;
+
+  // Specs DISPATCH carries to workers that have not had them, oldest first.
+  static constexpr size_t kInlineSpecMaxBytes = size_t{64} << 10;
+  static constexpr size_t kInlineSpecsBytes = size_t{8} << 20;
+  static constexpr size_t kMaxSpecsSent = 4096;  // per worker, then forgotten (sent again)
+  std::unordered_map<std::string, std::string> inline_specs_;
+  std::deque<std::string> inline_order_;
+  size_t inline_bytes_ = 0;
 
   // Recently cancelled sweeps: their jobs are never queued again (a lost worker's, a retry).
   static constexpr size_t kRememberedCancels = 10000;

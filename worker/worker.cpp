@@ -522,6 +522,15 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
     send(connection, Command::kDrain, encode(DrainMsg{std::move(dispatch.jobs)}));
     return;
   }
+  for (const auto& [sweep, json] : dispatch.specs) {
+    if (cached_spec(sweep)) continue;
+    try {
+      cache_spec(sweep,
+                 std::make_shared<const SweepSpec>(SweepSpec::from_json(json, "sweep " + sweep)));
+    } catch (const std::exception& e) {  // the slot reads it from Redis, and says what is wrong
+      spdlog::debug("DISPATCH: the spec of sweep {} is unusable: {}", sweep, e.what());
+    }
+  }
   // Running marks come later, from pace(), for the kernels that run long enough to need one.
   spdlog::debug("DISPATCH of {} jobs", dispatch.jobs.size());
   jobs_.push(dispatch.jobs);
@@ -845,16 +854,19 @@ Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
   } catch (const std::exception& e) {
     return SpecLookup::unreadable(e.what(), info->kernel);
   }
-  if (options_.max_cached_sweeps > 0) {
-    const std::lock_guard lock(specs_mutex_);
-    if (specs_.size() >= options_.max_cached_sweeps) {
-      specs_.erase(spec_order_.front());
-      spec_order_.pop_front();
-    }
-    specs_.emplace(sweep, spec);
-    spec_order_.push_back(sweep);
-  }
+  cache_spec(sweep, spec);
   return SpecLookup::found(std::move(spec));
+}
+
+void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec) {
+  if (options_.max_cached_sweeps == 0) return;
+  const std::lock_guard lock(specs_mutex_);
+  if (!specs_.emplace(sweep, std::move(spec)).second) return;
+  spec_order_.push_back(sweep);
+  if (specs_.size() > options_.max_cached_sweeps) {
+    specs_.erase(spec_order_.front());
+    spec_order_.pop_front();
+  }
 }
 
 Json Worker::job_record(const JobRef& job, const char* status, const std::string& kernel,

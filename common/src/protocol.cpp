@@ -223,7 +223,32 @@ CreditMsg decode_credit(std::string_view body) {
   return msg;
 }
 
-std::string encode(const DispatchMsg& msg) { return encode_jobs(msg.jobs); }
+std::string encode(const DispatchMsg& msg) {
+  if (msg.spec_bodies.empty()) return encode_jobs(msg.jobs);
+  msgpack::sbuffer buffer;
+  Packer p(buffer);
+  p.pack_map(2);
+  pack_key(p, "jobs");
+  p.pack_array(static_cast<uint32_t>(msg.jobs.size()));
+  for (const auto& job : msg.jobs) {
+    p.pack_array(3);
+    pack_job(p, job);
+  }
+  pack_key(p, "specs");
+  p.pack_map(static_cast<uint32_t>(msg.spec_bodies.size()));
+  for (const auto& [sweep, body] : msg.spec_bodies) {
+    p.pack(sweep);
+    buffer.write(body.data(), body.size());  // already MessagePack (encode_spec)
+  }
+  return {buffer.data(), buffer.size()};
+}
+
+std::string encode_spec(const Json& spec) {
+  msgpack::sbuffer buffer;
+  Packer packer(buffer);
+  pack_json(packer, spec);
+  return std::string(buffer.data(), buffer.size());
+}
 
 std::string encode(const DoneMsg& msg) {
   return pack_map(1, [&](Packer& p) {
@@ -338,7 +363,23 @@ WelcomeMsg decode_welcome(std::string_view body) {
 }
 
 DispatchMsg decode_dispatch(std::string_view body) {
-  return DispatchMsg{decode_jobs(body, "DISPATCH")};
+  const auto handle = unpack(body);
+  const MapReader r(handle.get(), "DISPATCH");
+  const auto& jobs = r.array("jobs");
+  DispatchMsg msg;
+  msg.jobs.reserve(jobs.size);
+  for (uint32_t i = 0; i < jobs.size; ++i) msg.jobs.push_back(read_job(r, jobs.ptr[i], 3));
+  if (const msgpack::object* specs = r.find("specs")) {
+    if (specs->type != msgpack::type::MAP) r.fail("specs", "map", *specs);
+    for (uint32_t i = 0; i < specs->via.map.size; ++i) {
+      const auto& entry = specs->via.map.ptr[i];
+      if (entry.key.type != msgpack::type::STR) r.fail("specs", "map of sweep ids", entry.key);
+      if (entry.val.type != msgpack::type::MAP) r.fail("specs", "a map per sweep", entry.val);
+      msg.specs.emplace_back(std::string(entry.key.via.str.ptr, entry.key.via.str.size),
+                             to_json(entry.val, "DISPATCH: field 'specs'"));
+    }
+  }
+  return msg;
 }
 
 DoneMsg decode_done(std::string_view body) {

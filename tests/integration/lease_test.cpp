@@ -59,8 +59,13 @@ class Peer {
 
   // The jobs of the next DISPATCH (empty if none comes in time).
   std::vector<JobRef> dispatched(std::chrono::milliseconds timeout = 5s) {
+    return dispatch(timeout).jobs;
+  }
+
+  // The next DISPATCH whole (no jobs if none comes in time).
+  DispatchMsg dispatch(std::chrono::milliseconds timeout = 5s) {
     const auto body = expect(Command::kDispatch, timeout);
-    return body ? decode_dispatch(*body).jobs : std::vector<JobRef>{};
+    return body ? decode_dispatch(*body) : DispatchMsg{};
   }
 
  private:
@@ -129,6 +134,40 @@ TEST(Lease, AStoppingWorkersUnstartedJobsRunElsewhereAtOnce) {
   stopping.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 0, 1}, true, std::nullopt}}}));
   EXPECT_TRUE(stopping.dispatched(1s).empty()) << "a draining worker must get no more jobs";
   EXPECT_THAT(cluster.logs(), HasSubstr("is stopping: it takes no more jobs; 1 unstarted"));
+}
+
+TEST(Lease, CreditBeyondTheSlotsIsDispatchedAndHandedBackJobsRunElsewhere) {
+  TestCluster cluster({.workers = 0});
+  zmq::context_t context;
+  Peer fast(context, cluster.backend());
+  fast.hello("fast:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[grid]\ni = { range = [0, 10] }\n");
+  // The first DISPATCH of a sweep carries its spec, as Redis has it; later ones do not.
+  const DispatchMsg first = fast.dispatch();
+  ASSERT_EQ(first.jobs, (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+  ASSERT_EQ(first.specs.size(), 1u);
+  EXPECT_EQ(first.specs[0].first, sweep);
+  const auto info = Store(RedisAddress::parse(cluster.redis().url())).sweep(sweep);
+  ASSERT_TRUE(info);
+  EXPECT_EQ(first.specs[0].second, Json::parse(info->spec));
+
+  // Asking to hold 3 more than its slot: 3 more jobs come, without the spec again.
+  fast.send(Command::kCredit, encode(CreditMsg{3, {}}));
+  const DispatchMsg more = fast.dispatch();
+  EXPECT_EQ(more.jobs, (std::vector<JobRef>{{sweep, 1, 1}, {sweep, 2, 1}, {sweep, 3, 1}}))
+      << cluster.logs();
+  EXPECT_TRUE(more.specs.empty());
+  EXPECT_TRUE(fast.dispatched(300ms).empty()) << "credit is slots + prefetch = 4";
+
+  // A long kernel: no prefetch, and the jobs it had not started go to another worker first.
+  fast.send(Command::kCredit, encode(CreditMsg{0, {{sweep, 2, 1}, {sweep, 3, 1}}}));
+  Peer other(context, cluster.backend());
+  other.hello("other:2", 3);
+  const DispatchMsg elsewhere = other.dispatch();
+  EXPECT_EQ(elsewhere.jobs, (std::vector<JobRef>{{sweep, 2, 1}, {sweep, 3, 1}, {sweep, 4, 1}}))
+      << cluster.logs();
+  EXPECT_EQ(elsewhere.specs.size(), 1u) << "a worker new to the sweep gets its spec";
+  EXPECT_TRUE(fast.dispatched(300ms).empty()) << "its 2 jobs in flight fill its credit of 1";
 }
 
 TEST(Lease, ALostWorkersJobRunsAsTheNextAttemptWithTheLossRecorded) {

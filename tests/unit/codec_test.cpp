@@ -98,6 +98,23 @@ TEST(Protocol, CreditCarriesThePrefetchAndHandedBackJobs) {
   EXPECT_EQ(command_from_name("CREDIT"), Command::kCredit);
 }
 
+TEST(Protocol, DispatchMayCarrySpecs) {
+  const Json spec = {{"kernel", "fib"}, {"params", {{"n", 10}}}};
+  DispatchMsg sent(std::vector<JobRef>{{"s1", 0, 1}, {"s2", 4, 1}});
+  sent.spec_bodies.emplace_back("s1", encode_spec(spec));
+  const auto got = decode_dispatch(encode(sent));
+  EXPECT_EQ(got.jobs, sent.jobs);
+  ASSERT_EQ(got.specs.size(), 1u);
+  EXPECT_EQ(got.specs[0].first, "s1");
+  EXPECT_EQ(got.specs[0].second, spec);
+  EXPECT_TRUE(decode_dispatch(encode(DispatchMsg(sent.jobs))).specs.empty());
+
+  DispatchMsg bad(sent.jobs);
+  bad.spec_bodies.emplace_back("s1", encode_spec(Json::array({1, 2})));
+  EXPECT_THAT(protocol_error([&] { decode_dispatch(encode(bad)); }),
+              HasSubstr("DISPATCH: field 'specs': expected a map per sweep, got array"));
+}
+
 TEST(Protocol, DoneRetryDelayMustBeUnsigned) {
   // [sweep, index, attempt, ok, retry_after_ms] with a string where the delay belongs.
   msgpack::sbuffer buffer;

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 #include <zmq.hpp>
 
@@ -104,7 +105,15 @@ struct WelcomeMsg {
 };
 
 struct DispatchMsg {
+  DispatchMsg() = default;
+  explicit DispatchMsg(std::vector<JobRef> dispatched) : jobs(std::move(dispatched)) {}
+
   std::vector<JobRef> jobs;
+  // Specs of sweeps among `jobs` this worker may not have seen, so it need not read them from
+  // Redis: (sweep id, the spec as SUBMIT carried it). Encoded from `spec_bodies` (MessagePack,
+  // see encode_spec()); decoded into `specs`.
+  std::vector<std::pair<std::string, std::string>> spec_bodies;
+  std::vector<std::pair<std::string, Json>> specs;
 };
 
 // DRAIN: jobs a stopping worker hands back unstarted (run them elsewhere, same attempt).
@@ -145,7 +154,8 @@ std::string encode(const DispatchMsg& msg);
 std::string encode(const DoneMsg& msg);
 std::string encode(const DrainMsg& msg);
 std::string encode(const CreditMsg& msg);
-std::string encode_empty();  // HEARTBEAT and BYE bodies: an empty map
+std::string encode_empty();                 // HEARTBEAT and BYE bodies: an empty map
+std::string encode_spec(const Json& spec);  // a spec as MessagePack, for DispatchMsg
 
 // Decoders throw ProtocolError naming the message, the field and what was expected.
 SubmitMsg decode_submit(std::string_view body);
