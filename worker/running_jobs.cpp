@@ -118,15 +118,13 @@ RunningJobs::Look RunningJobs::look(Clock::time_point now, Clock::duration mark_
   Look look;
   const std::lock_guard lock(mutex_);
   for (auto& slot : slots_) {
+    if (slot.held) ++look.held;
     if (!slot.held || !slot.started) continue;
     look.longest = std::max(look.longest, now - slot.started_at);
     if (slot.marked) continue;
-    const auto due = slot.started_at + mark_after;
-    if (due <= now) {
+    if (slot.started_at + mark_after <= now) {
       slot.marked = true;
       look.to_mark.emplace_back(slot.job, slot.started_unix);
-    } else if (!look.next_mark || due < *look.next_mark) {
-      look.next_mark = due;
     }
   }
   return look;

@@ -62,9 +62,8 @@ class RunningJobs {
     // Kernels that have run for `mark_after` or more and were not in an earlier look's
     // to_mark: their jobs get running marks. Each with the Unix time its kernel started.
     std::vector<std::pair<JobRef, double>> to_mark;
-    // When the next kernel not marked yet reaches mark_after; nullopt if none is running.
-    std::optional<Clock::time_point> next_mark;
     Clock::duration longest{};  // how long the longest-running kernel has run
+    size_t held = 0;            // slots holding a job, its kernel started or not
   };
   Look look(Clock::time_point now, Clock::duration mark_after);
 

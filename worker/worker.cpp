@@ -116,6 +116,7 @@ struct Worker::Connection {
   bool done_blocked = false;        // a DONE could not be sent on this connection (warned once)
   uint32_t prefetch = 0;            // jobs beyond the slots the broker was asked for (CREDIT)
   Clock::time_point next_pace;      // when pace() looks at the slots again
+  bool slots_busy = false;          // its last look saw slots holding jobs
   Clock::time_point next_estimate;  // when pace() reconsiders the prefetch
 
   // DONE batches not yet handed to a socket, kept across connections: the next connection
@@ -538,12 +539,15 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
 
 void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& wait,
                   bool stopping) {
+  // Only while the slots hold jobs: an idle worker sleeps in its poll.
   if (now < connection.next_pace) {
-    wait = std::min(wait, until(connection.next_pace, now));
+    if (connection.slots_busy) wait = std::min(wait, until(connection.next_pace, now));
     return;
   }
   connection.next_pace = now + kPaceEvery;
   const RunningJobs::Look look = running_.look(now, kMarkAfter);
+  connection.slots_busy = look.held > 0;
+  if (connection.slots_busy) wait = std::min(wait, kPaceEvery);
   if (!look.to_mark.empty() && !stopping) {
     std::vector<JobWrite> marks;
     marks.reserve(look.to_mark.size());
@@ -552,7 +556,6 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
     }
     writes_.push_marks(std::move(marks));
   }
-  if (look.next_mark) wait = std::min(wait, std::max(until(*look.next_mark, now), kPaceEvery));
 
   if (stopping || !connection.socket || !connection.welcomed || options_.max_prefetch == 0) return;
   uint32_t wanted = connection.prefetch;
@@ -573,8 +576,6 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
       wanted = std::bit_floor(static_cast<uint32_t>(jobs_wanted));  // steps, not jitter
     }
   }
-  if (look.longest > Clock::duration::zero() && connection.prefetch > 0)
-    wait = std::min(wait, kLongKernel);
   if (wanted == connection.prefetch) return;
   CreditMsg credit{wanted, {}};
   if (wanted == 0) credit.jobs = jobs_.clear();  // queued behind long jobs: run elsewhere
