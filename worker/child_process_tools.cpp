@@ -1,0 +1,50 @@
+// Helpers for starting child processes from the worker (child_process_tools.h).
+#include "child_process_tools.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstring>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace simq {
+
+void close_on_exec_from(int first) {
+  if (::syscall(SYS_close_range, static_cast<unsigned>(first), ~0U, CLOSE_RANGE_CLOEXEC) == 0) {
+    return;
+  }
+  rlimit limit{};
+  const rlim_t max = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
+                         ? std::min<rlim_t>(limit.rlim_cur, 1 << 16)
+                         : 1 << 16;
+  for (int fd = first; fd < static_cast<int>(max); ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+void reset_signals() {
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &default_action, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+std::string describe_wait_status(int raw) {
+  if (WIFSIGNALED(raw)) {
+    const int sig = WTERMSIG(raw);
+    const char* name = sigabbrev_np(sig);
+    return fmt::format("killed by signal {} (SIG{})", sig, name == nullptr ? "?" : name);
+  }
+  return fmt::format("exited {}", WEXITSTATUS(raw));
+}
+
+}  // namespace simq
