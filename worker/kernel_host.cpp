@@ -1,5 +1,6 @@
-// The kernel process's loop (kernel_host.h). Thread-safety: the main thread runs kernels and
-// writes replies; the reader thread reads frames; they share only the fields under mutex_.
+// The kernel process's loop (kernel_host.h). Thread-safety: the main thread reads requests,
+// runs kernels and writes replies on the job socket; the stop thread reads the stop socket;
+// they share only the running job's number and stop source, under mutex_.
 #include "kernel_host.h"
 
 #include <fcntl.h>
@@ -8,7 +9,6 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -28,10 +28,25 @@ namespace {
 
 using Type = HostMessage::Type;
 
+// The next frame from `fd`, read into `reader` as needed; nullopt once the worker closed the
+// socket. Throws Error if it cannot be read, ProtocolError if it is not a frame.
+std::optional<HostMessage> next_message(int fd, FrameReader& reader) {
+  for (;;) {
+    if (const auto body = reader.next()) return decode_host_message(*body);
+    const ptrdiff_t n = reader.read_from(fd);
+    if (n == 0) {
+      if (reader.pending() > 0) throw ProtocolError("the worker closed the socket mid-frame");
+      return std::nullopt;
+    }
+    if (n < 0) throw Error(fmt::format("cannot read from the worker: {}", std::strerror(errno)));
+  }
+}
+
 class Host {
  public:
-  Host(int fd, const KernelRegistry& kernels)
+  Host(int fd, int stop_fd, const KernelRegistry& kernels)
       : fd_(fd),
+        stop_fd_(stop_fd),
         kernels_(kernels),
         status_fd_(::open("/proc/self/status", O_RDONLY | O_CLOEXEC)),
         clear_refs_fd_(::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC)) {}
@@ -44,44 +59,55 @@ class Host {
   Host& operator=(const Host&) = delete;
 
   int serve() {
-    reader_ = std::jthread([this] { read_loop(); });
-    HostMessage reply;
-    reply.type = Type::kReady;
-    reply.rss_kib = resident_set().rss_kib;
-    encode_frame(reply, out_);
-    bool open = send_all(fd_, std::string_view(out_.data(), out_.size()));
-    while (open) {
-      HostMessage request;
-      std::stop_token stop;
-      {
-        std::unique_lock lock(mutex_);
-        ready_.wait(lock, [this] { return request_ || closed_; });
-        if (!request_) break;
-        request = std::move(*request_);
-        request_.reset();
-        stop = stop_.get_token();
+    stop_reader_ = std::jthread([this] { read_stops(); });
+    std::string error;
+    try {
+      HostMessage reply;
+      reply.type = Type::kReady;
+      reply.rss_kib = resident_set().rss_kib;
+      encode_frame(reply, out_);
+      bool open = send_all(fd_, std::string_view(out_.data(), out_.size()));
+      FrameReader reader;
+      while (open) {
+        std::optional<HostMessage> request = next_message(fd_, reader);
+        if (!request) break;  // the worker closed the socket: no more jobs
+        if (request->type != Type::kRun) {
+          throw ProtocolError(fmt::format("a frame of type {} where a job was expected",
+                                          static_cast<int>(request->type)));
+        }
+        std::stop_token stop;
+        {
+          const std::lock_guard lock(mutex_);
+          // A job's stop state serves the next one unless it was stopped.
+          if (stop_.stop_requested()) stop_ = std::stop_source();
+          running_seq_ = request->seq;
+          stop = stop_.get_token();
+        }
+        reset_peak();
+        reply = run(*request, stop);
+        const ResidentSet memory = resident_set();
+        reply.peak_rss_kib = memory.peak_kib;
+        reply.rss_kib = memory.rss_kib;
+        try {
+          encode_frame(reply, out_);
+        } catch (const std::exception& e) {  // too large, or JSON MessagePack cannot carry
+          reply.type = Type::kError;
+          reply.result = Json();
+          reply.message = fmt::format("kernel '{}': its result cannot be passed to the worker: {}",
+                                      request->kernel, e.what());
+          encode_frame(reply, out_);
+        }
+        open = send_all(fd_, std::string_view(out_.data(), out_.size()));
       }
-      reset_peak();
-      reply = run(request, stop);
-      const ResidentSet memory = resident_set();
-      reply.peak_rss_kib = memory.peak_kib;
-      reply.rss_kib = memory.rss_kib;
-      try {
-        encode_frame(reply, out_);
-      } catch (const std::exception& e) {  // too large, or JSON MessagePack cannot carry
-        reply.type = Type::kError;
-        reply.result = Json();
-        reply.message = fmt::format("kernel '{}': its result cannot be passed to the worker: {}",
-                                    request.kernel, e.what());
-        encode_frame(reply, out_);
-      }
-      open = send_all(fd_, std::string_view(out_.data(), out_.size()));
+    } catch (const std::exception& e) {
+      error = e.what();
     }
-    ::shutdown(fd_, SHUT_RDWR);  // ends the reader's read, if the worker has not
-    reader_.join();
-    if (!error_.empty()) {
+    ::shutdown(stop_fd_, SHUT_RDWR);  // ends the stop reader's read, if the worker has not
+    stop_reader_.join();
+    if (error.empty()) error = stop_error_;
+    if (!error.empty()) {
       std::fprintf(stderr, "simq-worker kernel process %d: %s\n", static_cast<int>(::getpid()),
-                   error_.c_str());
+                   error.c_str());
       return 1;
     }
     return 0;
@@ -116,56 +142,36 @@ class Host {
     return reply;
   }
 
-  // Reader thread: requests go to the main thread, stops to the running job's stop source.
-  void read_loop() {
+  // Stop thread: a stop request for the running job signals its stop source. When the stop
+  // socket closes, the worker is gone or replacing this process: the running job is stopped.
+  void read_stops() {
     FrameReader reader;
     std::string error;
     try {
-      for (;;) {
-        const ptrdiff_t n = reader.read_from(fd_);
-        if (n == 0) break;  // the worker closed the socket: no more jobs
-        if (n < 0)
-          throw Error(fmt::format("cannot read from the worker: {}", std::strerror(errno)));
-        while (const auto body = reader.next()) take(decode_host_message(*body));
+      while (const auto message = next_message(stop_fd_, reader)) {
+        if (message->type != Type::kStop) {
+          throw ProtocolError(fmt::format("a frame of type {} where a stop was expected",
+                                          static_cast<int>(message->type)));
+        }
+        request_stop(message->seq);
       }
     } catch (const std::exception& e) {
       error = e.what();
     }
+    request_stop(0);
+    const std::lock_guard lock(mutex_);
+    stop_error_ = std::move(error);
+  }
+
+  // Stops job `seq` if it is the running one (whatever runs, with 0).
+  void request_stop(uint64_t seq) {
     std::stop_source running;
     {
       const std::lock_guard lock(mutex_);
-      closed_ = true;
-      error_ = std::move(error);
+      if (seq != 0 && seq != running_seq_) return;  // that job has ended
       running = stop_;
     }
-    running.request_stop();  // nobody is waiting for its result any more
-    ready_.notify_one();
-  }
-
-  void take(HostMessage message) {
-    if (message.type == Type::kStop) {
-      std::stop_source running;
-      {
-        const std::lock_guard lock(mutex_);
-        if (message.seq != running_seq_) return;  // that job has ended
-        running = stop_;
-      }
-      running.request_stop();  // outside the lock: it runs the kernel's stop callbacks
-      return;
-    }
-    if (message.type != Type::kRun) {
-      throw ProtocolError(fmt::format("unexpected frame from the worker (type {})",
-                                      static_cast<int>(message.type)));
-    }
-    {
-      const std::lock_guard lock(mutex_);
-      if (request_) throw ProtocolError("a job asked for while another waits");
-      // A job's stop state serves the next one unless it was stopped.
-      if (stop_.stop_requested()) stop_ = std::stop_source();
-      running_seq_ = message.seq;
-      request_ = std::move(message);
-    }
-    ready_.notify_one();
+    running.request_stop();  // outside the lock: it runs the kernel's stop callbacks
   }
 
   // The kernel's peak RSS starts from what the process holds now.
@@ -181,25 +187,23 @@ class Host {
   }
 
   const int fd_;
+  const int stop_fd_;
   const KernelRegistry& kernels_;
   const int status_fd_;      // /proc/self/status, or -1
   const int clear_refs_fd_;  // /proc/self/clear_refs, or -1 (then peaks are the process's)
   msgpack::sbuffer out_;     // the reply being sent (main thread)
 
   std::mutex mutex_;
-  std::condition_variable ready_;
-  std::optional<HostMessage> request_;  // the job to run next
-  uint64_t running_seq_ = 0;            // the job stop_ belongs to
+  uint64_t running_seq_ = 0;  // the job stop_ belongs to
   std::stop_source stop_;
-  bool closed_ = false;  // the reader has ended
-  std::string error_;    // why, if not because the worker closed the socket
-  std::jthread reader_;  // declared last: joined before the rest goes
+  std::string stop_error_;    // why the stop thread ended, if not because the socket closed
+  std::jthread stop_reader_;  // declared last: joined before the rest goes
 };
 
 }  // namespace
 
-int serve_kernel_host(int fd, const KernelRegistry& kernels) {
-  Host host(fd, kernels);
+int serve_kernel_host(int fd, int stop_fd, const KernelRegistry& kernels) {
+  Host host(fd, stop_fd, kernels);
   return host.serve();
 }
 

@@ -55,16 +55,21 @@ class ProcessRunner::Host {
  public:
   // Starts `program` with `argv` as a kernel process. Throws Error if it cannot.
   Host(const std::string& program, char* const* argv) {
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    int jobs[2];
+    int stops[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, jobs) != 0) {
       throw Error(fmt::format("socketpair: {}", std::strerror(errno)));
+    }
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, stops) != 0) {
+      const int error = errno;
+      for (int fd : jobs) ::close(fd);
+      throw Error(fmt::format("socketpair: {}", std::strerror(error)));
     }
     const pid_t parent = ::getpid();
     pid_ = ::fork();
     if (pid_ < 0) {
       const int error = errno;
-      ::close(fds[0]);
-      ::close(fds[1]);
+      for (int fd : {jobs[0], jobs[1], stops[0], stops[1]}) ::close(fd);
       throw Error(fmt::format("fork: {}", std::strerror(error)));
     }
     if (pid_ == 0) {
@@ -72,28 +77,32 @@ class ProcessRunner::Host {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);       // never outlive the worker
       if (::getppid() != parent) ::_exit(127);  // it died before prctl took effect
       ::setpgid(0, 0);  // a group of its own: what its kernels start dies with it
-      if (fds[1] == kKernelHostFd) {
-        ::fcntl(kKernelHostFd, F_SETFD, 0);  // dup2 would leave it close-on-exec
-      } else if (::dup2(fds[1], kKernelHostFd) < 0) {
+      // Above the descriptors they go to first, so that neither dup2 overwrites the other.
+      const int job_fd = ::fcntl(jobs[1], F_DUPFD, kKernelHostStopFd + 1);
+      const int stop_fd = ::fcntl(stops[1], F_DUPFD, kKernelHostStopFd + 1);
+      if (job_fd < 0 || stop_fd < 0 || ::dup2(job_fd, kKernelHostFd) < 0 ||
+          ::dup2(stop_fd, kKernelHostStopFd) < 0) {
         ::_exit(127);
       }
       reset_signals();
-      close_on_exec_from(kKernelHostFd + 1);
+      close_on_exec_from(kKernelHostStopFd + 1);
       ::execve(program.c_str(), argv, environ);
       static constexpr char kFailed[] = "simq-worker: cannot start a kernel process: execve\n";
       [[maybe_unused]] const auto written = ::write(STDERR_FILENO, kFailed, sizeof kFailed - 1);
       ::_exit(127);
     }
     ::setpgid(pid_, pid_);  // also here, so the group exists before we ever signal it
-    ::close(fds[1]);
-    socket_ = fds[0];
+    ::close(jobs[1]);
+    ::close(stops[1]);
+    socket_ = jobs[0];
+    stop_socket_ = stops[0];
     // The pid stays this process's until it is reaped, across its execve.
     status_ = ::open(fmt::format("/proc/{}/status", pid_).c_str(), O_RDONLY | O_CLOEXEC);
   }
 
   ~Host() {
     if (!reaped_) kill_and_reap();
-    for (int fd : {socket_, status_}) {
+    for (int fd : {socket_, stop_socket_, status_}) {
       if (fd >= 0) ::close(fd);
     }
   }
@@ -101,7 +110,8 @@ class ProcessRunner::Host {
   Host& operator=(const Host&) = delete;
 
   pid_t pid() const { return pid_; }
-  int socket() const { return socket_; }
+  int socket() const { return socket_; }            // jobs and replies
+  int stop_socket() const { return stop_socket_; }  // stop requests
   int status() const { return status_; }
 
   // Kills its process group (it, and whatever its kernels started) and reaps it; returns its
@@ -115,10 +125,11 @@ class ProcessRunner::Host {
     return raw;
   }
 
-  // Closes its socket, which it takes as the end of its work, waits up to `grace` for it to
+  // Shuts its sockets, which it takes as the end of its work, waits up to `grace` for it to
   // exit, then kills what is left of its group and reaps it.
   void retire(milliseconds grace) {
     ::shutdown(socket_, SHUT_RDWR);
+    ::shutdown(stop_socket_, SHUT_RDWR);
     const int exited = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
     if (exited >= 0) {
       pollfd item{exited, POLLIN, 0};
@@ -138,11 +149,12 @@ class ProcessRunner::Host {
   uint64_t seq = 0;               // jobs sent to it
   uint64_t rss_kib = 0;           // its RSS after its last job (or when it became ready)
   bool replace = false;           // replace it before the next job
-  std::atomic<bool> torn{false};  // a stop frame went out in part: its stream is broken
+  std::atomic<bool> torn{false};  // a stop frame went out in part: its stop stream is broken
 
  private:
   pid_t pid_ = -1;
   int socket_ = -1;
+  int stop_socket_ = -1;
   int status_ = -1;  // /proc/<pid>/status, or -1
   bool reaped_ = false;
 };
@@ -164,7 +176,7 @@ struct ProcessRunner::Wait {
 };
 
 ProcessRunner::ProcessRunner(ProcessOptions options) : options_(std::move(options)) {
-  args_ = {options_.program, kKernelHostFlag};
+  args_ = {"simq-worker", kKernelHostFlag};  // argv[0]: what ps shows
   for (const auto& plugin : options_.plugins) {
     args_.emplace_back("--plugin");
     args_.push_back(plugin);
@@ -240,7 +252,7 @@ Json ProcessRunner::run(const std::string& kernel, const Json& params, const Ker
     // unless the socket is full, and then the kill grace ends the job.
     const std::stop_callback on_stop(ctx.stop, [this, &host] {
       const ssize_t sent =
-          ::send(host.socket(), stop_.data(), stop_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+          ::send(host.stop_socket(), stop_.data(), stop_.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (sent > 0 && static_cast<size_t>(sent) < stop_.size()) host.torn = true;
     });
     wait = await_reply(host, seq, ctx.stop);

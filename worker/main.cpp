@@ -4,6 +4,7 @@
 // Single-threaded here.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
@@ -50,15 +51,19 @@ void check_redis(const simq::RedisAddress& address) {
 }
 
 // `simq-worker --kernel-host [--plugin LIB]...`, as a worker slot starts it (kernel_process.h)
-// with its socket as descriptor kKernelHostFd. Not in --help: not for starting by hand.
+// with its sockets as descriptors kKernelHostFd and kKernelHostStopFd. Not in --help: not for
+// starting by hand.
 int run_kernel_host(int argc, char** argv) {
-  struct stat socket {};
-  if (::fstat(simq::kKernelHostFd, &socket) != 0 || !S_ISSOCK(socket.st_mode)) {
-    throw simq::ConfigError(fmt::format(
-        "{}: descriptor {} is not a socket; simq-worker --isolation process starts kernel "
-        "processes itself",
-        simq::kKernelHostFlag, simq::kKernelHostFd));
+  for (const int fd : {simq::kKernelHostFd, simq::kKernelHostStopFd}) {
+    struct stat socket {};
+    if (::fstat(fd, &socket) != 0 || !S_ISSOCK(socket.st_mode)) {
+      throw simq::ConfigError(fmt::format(
+          "{}: descriptor {} is not a socket; simq-worker --isolation process starts kernel "
+          "processes itself",
+          simq::kKernelHostFlag, fd));
+    }
   }
+  ::prctl(PR_SET_NAME, "simq-kernel");  // in top and ps -o comm, rather than "exe"
   simq::KernelRegistry kernels = simq::KernelRegistry::with_builtins();
   for (int i = 2; i < argc; i += 2) {
     if (std::string_view(argv[i]) != "--plugin" || i + 1 == argc) {
@@ -67,7 +72,7 @@ int run_kernel_host(int argc, char** argv) {
     }
     simq::load_plugin(argv[i + 1], kernels);
   }
-  return simq::serve_kernel_host(simq::kKernelHostFd, kernels);
+  return simq::serve_kernel_host(simq::kKernelHostFd, simq::kKernelHostStopFd, kernels);
 }
 
 int run(int argc, char** argv) {
