@@ -160,7 +160,10 @@ class FaultKernel final : public Kernel {
     }
     if (mode == "error") throw KernelError("fault: asked to fail");
     if (mode == "retryable") throw RetryableError("fault: asked to fail (retryable)");
-    if (mode == "segv") std::raise(SIGSEGV);
+    if (mode == "segv") {
+      std::signal(SIGSEGV, SIG_DFL);  // a crash, even where a sanitizer would catch it
+      std::raise(SIGSEGV);
+    }
     if (mode == "abort") std::abort();
     if (mode == "exit") ::_exit(3);
     if (mode == "alloc" || mode == "leak") {
