@@ -196,7 +196,7 @@ void LocalCluster::start_workers(const std::string& program) {
                                   std::to_string(slots_), "--log-level", options_.log_level,
                                   // The whole cluster, Redis too, is going away: results of
                                   // jobs still running would have nowhere to go.
-                                  "--stop-grace-ms", "0"};
+                                  "--stop-grace-ms", "0", "--isolation", options_.isolation};
     for (const auto& plugin : options_.plugins) {
       argv.push_back("--plugin");
       argv.push_back(plugin);

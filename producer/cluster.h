@@ -25,6 +25,7 @@ struct ClusterOptions {
   std::string redis;                 // Redis URL to use; "" = start our own redis-server
   std::string log_level = "warn";    // --log-level of simq-broker and simq-worker
   std::vector<std::string> plugins;  // kernel plug-ins each simq-worker loads (--plugin)
+  std::string isolation = "thread";  // --isolation of each simq-worker: thread or process
   std::string bin_dir;  // where simq-broker and simq-worker are; "" = beside this program, then
                         // on $PATH
   std::chrono::milliseconds start_timeout{10000};  // each service must answer within this

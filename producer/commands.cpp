@@ -174,6 +174,10 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
       std::cerr << "simq: --plugin is ignored with --redis or $SIMQ_REDIS: the workers that are "
                    "already running load their own\n";
     }
+    if (options.isolation != "thread") {
+      std::cerr << "simq: --isolation is ignored with --redis or $SIMQ_REDIS: the workers that "
+                   "are already running have their own\n";
+    }
     Store store = open_store(redis_url(common));
     BrokerClient client(broker_endpoint(common));
     print_notices(client);
@@ -190,6 +194,7 @@ int run_command(const CommonOptions& common, const RunOptions& options) {
   cluster_options.workers = options.workers;
   cluster_options.slots = options.slots;
   cluster_options.plugins = options.plugins;
+  cluster_options.isolation = options.isolation;
   cluster_options.log_level = common.log_level;
   cluster_options.stop_on_failure = true;
   LocalCluster cluster(cluster_options);
@@ -213,6 +218,7 @@ int up_command(const CommonOptions& common, const UpOptions& options) {
   cluster_options.workers = options.workers;
   cluster_options.slots = options.slots;
   cluster_options.plugins = options.plugins;
+  cluster_options.isolation = options.isolation;
   cluster_options.log_level = common.log_level;
   cluster_options.stop_on_failure = true;
   if (redis_given(common)) cluster_options.redis = redis_url(common);

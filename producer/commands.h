@@ -23,6 +23,7 @@ struct RunOptions {
   unsigned workers = 1;              // simq-worker processes of the local cluster
   unsigned slots = 0;                // slots per worker; 0 = cores / workers, at least 1
   std::vector<std::string> plugins;  // --plugin libraries each local worker loads
+  std::string isolation = "thread";  // --isolation of each local worker: thread or process
   std::string format = "table";      // table, csv or jsonl
   std::string output;                // file for the results; "" = stdout
   double submit_timeout_s = 60;      // give up submitting after this long (broker full, down or
@@ -33,6 +34,7 @@ struct UpOptions {
   unsigned workers = 1;              // simq-worker processes
   unsigned slots = 0;                // slots per worker; 0 = cores / workers, at least 1
   std::vector<std::string> plugins;  // --plugin libraries each worker loads
+  std::string isolation = "thread";  // --isolation of each worker: thread or process
 };
 
 struct SubmitOptions {

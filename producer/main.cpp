@@ -23,7 +23,7 @@ void add_common_options(CLI::App& command, simq::CommonOptions& common) {
 }
 
 void add_cluster_options(CLI::App& command, unsigned& workers, unsigned& slots,
-                         std::vector<std::string>& plugins) {
+                         std::vector<std::string>& plugins, std::string& isolation) {
   command.add_option("--workers", workers, "simq-worker processes of the local cluster")
       ->check(CLI::Range(1U, 1024U))
       ->capture_default_str();
@@ -34,6 +34,12 @@ void add_cluster_options(CLI::App& command, unsigned& workers, unsigned& slots,
                   "a kernel plug-in (shared library) each simq-worker loads; repeat for several")
       ->allow_extra_args(false)
       ->option_text("LIB");
+  command
+      .add_option("--isolation", isolation,
+                  "where the workers run kernels: thread, or process (a kernel process per slot: "
+                  "a crash fails only its job)")
+      ->check(CLI::IsMember({"thread", "process"}))
+      ->capture_default_str();
 }
 
 void add_submit_timeout(CLI::App& command, double& timeout_s) {
@@ -78,14 +84,16 @@ int run_cli(int argc, char** argv) {
   auto* run = app.add_subcommand(
       "run", "Run a sweep on a local cluster (or the given --redis/--broker), print the results");
   run->add_option("SWEEP_FILE", run_options.sweep_file, "sweep file (.toml or .json)")->required();
-  add_cluster_options(*run, run_options.workers, run_options.slots, run_options.plugins);
+  add_cluster_options(*run, run_options.workers, run_options.slots, run_options.plugins,
+                      run_options.isolation);
   add_results_options(*run, run_options.format, run_options.output);
   add_submit_timeout(*run, run_options.submit_timeout_s);
   add_common_options(*run, common);
 
   auto* up = app.add_subcommand(
       "up", "Run a local cluster (redis-server, broker, workers) in the foreground until Ctrl-C");
-  add_cluster_options(*up, up_options.workers, up_options.slots, up_options.plugins);
+  add_cluster_options(*up, up_options.workers, up_options.slots, up_options.plugins,
+                      up_options.isolation);
   add_common_options(*up, common);
 
   auto* submit =

@@ -1,19 +1,24 @@
 // The built-in kernels: noop, sleep, fib and mc_pi, for demos, tests and benchmarks, and fault,
 // which fails on request, for testing a cluster's resilience.
-// Thread-safety: stateless; run() may be called from many slots at once.
+// Thread-safety: run() may be called from many slots at once (fault's leaked memory is kept
+// under a mutex; the others are stateless).
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <numbers>
 #include <random>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "kernel.h"
 
@@ -111,16 +116,21 @@ class McPiKernel final : public Kernel {
 };
 
 // Fails the way it is asked to, after sleeping `seconds`: tests how a cluster copes with kernel
-// errors, transient errors and crashes of the process running the kernel.
+// errors, transient errors, crashes of the process running the kernel, memory hogs and kernels
+// that ignore their stop token.
 class FaultKernel final : public Kernel {
  public:
-  static constexpr std::array<std::string_view, 6> kModes = {"ok",   "error", "retryable",
-                                                             "segv", "abort", "exit"};
+  static constexpr std::array<std::string_view, 9> kModes = {
+      "ok", "error", "retryable", "segv", "abort", "exit", "alloc", "leak", "hang"};
+  static constexpr int64_t kMaxMib = int64_t{1} << 20;
 
   std::string_view name() const override { return "fault"; }
   std::string_view params_help() const override {
-    return "mode: \"ok\" (default), \"error\", \"retryable\", \"segv\", \"abort\" or \"exit\" "
-           "(_exit(3)), seconds: number >= 0 slept first (default 0); returns {\"mode\": \"ok\"}";
+    return "mode: \"ok\" (default), \"error\", \"retryable\", \"segv\", \"abort\", \"exit\" "
+           "(_exit(3)), \"alloc\" (touches `mib` MiB, freed on return), \"leak\" (touches `mib` "
+           "MiB, never freed) or \"hang\" (sleeps `seconds` ignoring the stop token), seconds: "
+           "number >= 0 slept first (default 0), mib: integer (default 0), hold_s: seconds alloc "
+           "and leak hold the memory (default 0); returns {\"mode\": mode}";
   }
   Json run(const Json& params, const KernelContext& ctx) const override {
     std::string mode = "ok";
@@ -132,21 +142,55 @@ class FaultKernel final : public Kernel {
     }
     if (std::find(kModes.begin(), kModes.end(), mode) == kModes.end()) {
       throw KernelError(
-          "param 'mode': expected one of ok, error, retryable, segv, abort, exit, got " +
+          "param 'mode': expected one of ok, error, retryable, segv, abort, exit, alloc, leak, "
+          "hang, got " +
           describe_value(Json(mode)));
     }
     const double seconds =
         find_param(params, "seconds") != nullptr ? number_param(params, "seconds", 0) : 0;
+    const auto mib = static_cast<size_t>(int_param_or(params, "mib", 0, 0, kMaxMib));
+    const double hold_s =
+        find_param(params, "hold_s") != nullptr ? number_param(params, "hold_s", 0) : 0;
+    if (mode == "hang") {
+      std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+      return Json{{"mode", mode}};
+    }
     if (!sleep_unless_stopped(std::chrono::duration<double>(seconds), ctx.stop)) {
       throw KernelCancelled("fault: stopped");
     }
     if (mode == "error") throw KernelError("fault: asked to fail");
     if (mode == "retryable") throw RetryableError("fault: asked to fail (retryable)");
-    if (mode == "segv") std::raise(SIGSEGV);
+    if (mode == "segv") {
+      std::signal(SIGSEGV, SIG_DFL);  // a crash, even where a sanitizer would catch it
+      std::raise(SIGSEGV);
+    }
     if (mode == "abort") std::abort();
     if (mode == "exit") ::_exit(3);
-    return Json{{"mode", "ok"}};
+    if (mode == "alloc" || mode == "leak") {
+      std::unique_ptr<char[]> memory = touched(mib << 20);
+      if (mode == "leak") {
+        const std::lock_guard lock(leaked_mutex_);
+        leaked_.push_back(std::move(memory));
+      }
+      if (!sleep_unless_stopped(std::chrono::duration<double>(hold_s), ctx.stop)) {
+        throw KernelCancelled("fault: stopped");
+      }
+    }
+    return Json{{"mode", mode}};
   }
+
+ private:
+  // `bytes` of memory with every page written, so they count in the resident set.
+  static std::unique_ptr<char[]> touched(size_t bytes) {
+    std::unique_ptr<char[]> memory(new char[bytes]);
+    volatile char* pages = memory.get();  // volatile: the writes are the point
+    for (size_t i = 0; i < bytes; i += 4096) pages[i] = 1;
+    return memory;
+  }
+
+  // What mode "leak" keeps, for the life of the process.
+  mutable std::mutex leaked_mutex_;
+  mutable std::vector<std::unique_ptr<char[]>> leaked_;
 };
 
 }  // namespace

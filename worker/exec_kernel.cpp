@@ -18,7 +18,6 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,11 +42,8 @@
 #include <utility>
 #include <vector>
 
+#include "child_process_tools.h"
 #include "kernel.h"
-
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
 
 namespace simq {
 
@@ -578,17 +574,6 @@ struct StartFailure {
   int error = 0;  // errno
 };
 
-// Marks every descriptor above stderr close-on-exec, so the program inherits only 0, 1 and 2.
-// Async-signal-safe.
-void close_others_on_exec() {
-  if (::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
-  rlimit limit{};
-  const rlim_t max = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
-                         ? std::min<rlim_t>(limit.rlim_cur, 1 << 16)
-                         : 1 << 16;
-  for (int fd = 3; fd < static_cast<int>(max); ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-}
-
 // A started program and its process group. The destructor kills the group and reaps the
 // program, so no exit path of run() leaves either behind.
 class Child {
@@ -645,16 +630,9 @@ class Child {
           ::dup2(fds.err, STDERR_FILENO) < 0) {
         fail(1);
       }
-      // Signals as a fresh process has them: the worker ignores SIGPIPE and its threads may
-      // block signals, and both would be inherited through execve.
-      struct sigaction default_action {};
-      default_action.sa_handler = SIG_DFL;
-      for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &default_action, nullptr);
-      sigset_t none;
-      sigemptyset(&none);
-      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      reset_signals();
       if (launch.memory_bytes) ::setrlimit(RLIMIT_AS, &memory);
-      close_others_on_exec();
+      close_on_exec_from(3);  // the program inherits only stdin, stdout and stderr
       ::execve(launch.program.c_str(), argv.data(), envp.data());
       fail(2);
     }
@@ -734,16 +712,6 @@ class Child {
 
   pid_t pid_ = -1;
 };
-
-// How a wait status reads: "exited 3", "killed by signal 11 (SIGSEGV)".
-std::string describe_wait_status(int raw) {
-  if (WIFSIGNALED(raw)) {
-    const int sig = WTERMSIG(raw);
-    const char* name = sigabbrev_np(sig);
-    return fmt::format("killed by signal {} (SIG{})", sig, name == nullptr ? "?" : name);
-  }
-  return fmt::format("exited {}", WEXITSTATUS(raw));
-}
 
 // ---------------------------------------------------------------------------------------
 // Results

@@ -1,7 +1,11 @@
 // simq-worker: parses options, checks Redis, runs a Worker until SIGINT/SIGTERM; run_main()
-// maps errors to exit codes (2 usage, 3 Redis unreachable, 1 other). Single-threaded here.
+// maps errors to exit codes (2 usage, 3 Redis unreachable, 1 other). As `simq-worker
+// --kernel-host`, a kernel process of process isolation (kernel_host.h) instead.
+// Single-threaded here.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -9,10 +13,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
 #include "kernel.h"
+#include "kernel_host.h"
 #include "plugin.h"
 #include "simq/config.h"
 #include "simq/errors.h"
@@ -44,6 +50,31 @@ void check_redis(const simq::RedisAddress& address) {
   }
 }
 
+// `simq-worker --kernel-host [--plugin LIB]...`, as a worker slot starts it (kernel_process.h)
+// with its sockets as descriptors kKernelHostFd and kKernelHostStopFd. Not in --help: not for
+// starting by hand.
+int run_kernel_host(int argc, char** argv) {
+  for (const int fd : {simq::kKernelHostFd, simq::kKernelHostStopFd}) {
+    struct stat socket {};
+    if (::fstat(fd, &socket) != 0 || !S_ISSOCK(socket.st_mode)) {
+      throw simq::ConfigError(fmt::format(
+          "{}: descriptor {} is not a socket; simq-worker --isolation process starts kernel "
+          "processes itself",
+          simq::kKernelHostFlag, fd));
+    }
+  }
+  ::prctl(PR_SET_NAME, "simq-kernel");  // in top and ps -o comm, rather than "exe"
+  simq::KernelRegistry kernels = simq::KernelRegistry::with_builtins();
+  for (int i = 2; i < argc; i += 2) {
+    if (std::string_view(argv[i]) != "--plugin" || i + 1 == argc) {
+      throw simq::ConfigError(
+          fmt::format("{}: unexpected argument \"{}\"", simq::kKernelHostFlag, argv[i]));
+    }
+    simq::load_plugin(argv[i + 1], kernels);
+  }
+  return simq::serve_kernel_host(simq::kKernelHostFd, simq::kKernelHostStopFd, kernels);
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"simq-worker: runs jobs from a simq broker and writes their results to Redis",
                "simq-worker"};
@@ -58,6 +89,8 @@ int run(int argc, char** argv) {
   uint32_t max_prefetch = simq::WorkerOptions{}.max_prefetch;
   bool list_kernels = false;
   std::vector<std::string> plugins;
+  std::string isolation = "thread";
+  simq::ProcessOptions process;
   app.add_option(
       "--broker", broker,
       fmt::format("broker backend endpoint [env SIMQ_BACKEND, default {}]", simq::kDefaultBackend));
@@ -92,10 +125,52 @@ int run(int argc, char** argv) {
                  "a shared library of more kernels (simq/plugin.h); repeat for several")
       ->allow_extra_args(false);
   app.add_flag("--list-kernels", list_kernels, "print the kernels and their parameters, then exit");
+  app.add_option("--isolation", isolation,
+                 "where kernels run: thread (in the worker's slot threads; fastest, but a crash "
+                 "ends the worker) or process (each slot runs them in a kernel process of its "
+                 "own: a crash, an abort or the memory limit fails only the job)")
+      ->check(CLI::IsMember({"thread", "process"}))
+      ->capture_default_str();
+  // Process isolation only.
+  const std::vector<CLI::Option*> process_options = {
+      app.add_option("--kill-grace-ms", process.kill_grace_ms,
+                     "process isolation: after a job's stop request (its time limit, a cancel, a "
+                     "stop), how long its kernel may take to stop before its kernel process is "
+                     "killed, in ms")
+          ->check(CLI::Range(0, 3'600'000))
+          ->capture_default_str(),
+      app.add_option("--memory-limit-mib", process.memory_limit_mib,
+                     "process isolation: a kernel process whose RSS goes above N MiB is killed "
+                     "and its job fails (0: no limit)")
+          ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 30))
+          ->option_text("N")
+          ->capture_default_str(),
+      app.add_option("--recycle-jobs", process.recycle_jobs,
+                     "process isolation: replace a slot's kernel process after N jobs (0: never)")
+          ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 40))
+          ->option_text("N")
+          ->capture_default_str(),
+      app.add_option("--recycle-rss-mib", process.recycle_rss_mib,
+                     "process isolation: replace a slot's kernel process after a job leaves its "
+                     "RSS above N MiB (0: never)")
+          ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 30))
+          ->option_text("N")
+          ->capture_default_str(),
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? simq::kExitOk : simq::kExitUsage;  // --help exits 0
+  }
+  if (isolation == "thread") {
+    for (const CLI::Option* option : process_options) {
+      if (option->count() > 0) {
+        throw simq::ConfigError(
+            fmt::format("{} needs --isolation process (kernels run in the worker's threads "
+                        "with --isolation thread)",
+                        option->get_name()));
+      }
+    }
   }
 
   simq::KernelRegistry kernels = simq::KernelRegistry::with_builtins();
@@ -117,6 +192,9 @@ int run(int argc, char** argv) {
   options.liveness = liveness;
   options.stop_grace_ms = stop_grace_ms;
   options.max_prefetch = max_prefetch;
+  options.isolation = isolation == "process" ? simq::Isolation::kProcess : simq::Isolation::kThread;
+  process.plugins = plugins;
+  options.process = std::move(process);
   check_redis(options.redis);
 
   simq::Worker worker(std::move(options), std::move(kernels));
@@ -133,5 +211,8 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::string_view(argv[1]) == simq::kKernelHostFlag) {
+    return simq::run_main("simq-worker", [&] { return run_kernel_host(argc, argv); });
+  }
   return simq::run_main("simq-worker", [&] { return run(argc, argv); });
 }

@@ -323,6 +323,10 @@ Worker::Worker(WorkerOptions options, KernelRegistry kernels)
     throw ConfigError(
         fmt::format("--stop-grace-ms: expected 0 or more, got {}", options_.stop_grace_ms));
   }
+  if (options_.process.kill_grace_ms < 0) {
+    throw ConfigError(
+        fmt::format("--kill-grace-ms: expected 0 or more, got {}", options_.process.kill_grace_ms));
+  }
   if (options_.name.empty()) options_.name = process_name();
   kernel_list_ = fmt::format("{}", fmt::join(kernels_.names(), ", "));
 }
@@ -532,7 +536,9 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
       spdlog::debug("DISPATCH: the spec of sweep {} is unusable: {}", sweep, e.what());
     }
   }
-  // Running marks come later, from pace(), for the kernels that run long enough to need one.
+  // Running marks come later, from pace(), for the kernels that run long enough to need one:
+  // it looks every few ms from now on, while the slots hold jobs.
+  connection.slots_busy = true;
   spdlog::debug("DISPATCH of {} jobs", dispatch.jobs.size());
   jobs_.push(dispatch.jobs);
 }
@@ -771,6 +777,11 @@ int Worker::run() {
 // Slot threads
 
 void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
+  std::optional<ProcessRunner> runner;  // process isolation: the slot's kernel processes
+  if (options_.isolation == Isolation::kProcess) {
+    runner.emplace(options_.process);
+    runner->prepare();  // so that the first job need not wait for it
+  }
   while (const auto job = jobs_.pop(stop)) {
     // Every job taken ends in exactly one report (a DONE) unless a stop hands it back: a job
     // left without one would stay in flight on the broker, and busy after a reconnection.
@@ -779,7 +790,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
     Outcome outcome;
     const auto start = Clock::now();
     try {
-      outcome = run_job(slot, *job, job_stop);
+      outcome = run_job(slot, *job, job_stop, runner ? &*runner : nullptr);
     } catch (const std::exception& e) {
       // Not the kernel (run_job catches those): out of memory building a record, say.
       ++stats_.failed;
@@ -806,6 +817,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
     } else {
       writes_.push_finished(std::move(*outcome.write));
     }
+    if (runner) runner->prepare();  // after the result is on its way: replaced or started now
   }
   slots_running_.fetch_sub(1);
 }
@@ -872,7 +884,8 @@ void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpe
 
 Json Worker::job_record(const JobRef& job, const char* status, const std::string& kernel,
                         const Json& params, const Json& result, const std::string* error,
-                        double started_at, double finished_at, double elapsed_s) const {
+                        double started_at, double finished_at, double elapsed_s,
+                        const ProcessReport* process) const {
   Json record = Json::object();
   record["job"] = job_id(job.sweep, job.index);
   record["sweep"] = job.sweep;
@@ -887,6 +900,11 @@ Json Worker::job_record(const JobRef& job, const char* status, const std::string
   record["started_at"] = started_at;
   record["finished_at"] = finished_at;
   record["elapsed_s"] = elapsed_s;
+  if (process != nullptr) {
+    record["kernel_pid"] = process->pid;
+    record["peak_rss_kib"] = process->peak_rss_kib;
+    if (process->signal != 0) record["signal"] = process->signal;
+  }
   return record;
 }
 
@@ -952,7 +970,8 @@ Worker::Outcome Worker::dead_letter(const JobRef& job, const std::string& kernel
   return Outcome{JobWrite{job, false, dump_lenient(record), false}, std::nullopt};
 }
 
-Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_token& stop) {
+Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_token& stop,
+                                ProcessRunner* runner) {
   const std::string id = job_id(job.sweep, job.index);
   if (stop.stop_requested()) return stopped_before_start(slot, job);
   const SpecLookup lookup = lookup_sweep(job.sweep, stop);
@@ -1011,7 +1030,8 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
     }
   }
   auto stopped = RunningJobs::Stop::kNone;
-  bool cut_short = false;  // the kernel threw after its stop was requested
+  bool cut_short = false;                  // the kernel threw after its stop was requested
+  const ProcessReport* process = nullptr;  // the kernel process that ran it, if one did
   if (!error) {
     started_at = unix_time();
     start = Clock::now();
@@ -1023,7 +1043,9 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
     if (!running_.start_kernel(slot, deadline)) return stopped_before_start(slot, job);
     spdlog::debug("job {}: kernel '{}' started (attempt {})", id, kernel_name, job.attempt);
     try {
-      result = kernel->run(params, KernelContext{job, stop});
+      const KernelContext context{job, stop};
+      result = runner != nullptr ? runner->run(kernel_name, params, context)
+                                 : kernel->run(params, context);
       if (!result.is_object()) {
         error = fmt::format("kernel '{}' returned {}, expected an object", kernel_name,
                             describe_value(result));
@@ -1038,6 +1060,10 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
       cut_short = stop.stop_requested();
       error = e.what();
       retryable = true;
+    } catch (const KernelProcessError& e) {  // it crashed, exited or overran: not retried
+      cut_short = stop.stop_requested();
+      error = e.what();
+      spdlog::warn("job {}: {}", id, e.what());
     } catch (const std::exception& e) {
       cut_short = stop.stop_requested();  // most likely the stop made it fail
       error = *e.what() != '\0' ? std::string(e.what())
@@ -1049,6 +1075,7 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
       retryable = lookup.spec->options.retry_errors;
     }
     stopped = running_.stopped(slot);
+    if (runner != nullptr && runner->report().pid != 0) process = &runner->report();
   }
   const double finished_at = unix_time();
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
@@ -1064,7 +1091,7 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
     return Outcome{
         JobWrite{job, false,
                  dump_lenient(job_record(job, "cancelled", kernel_name, params, Json(), &cancelled,
-                                         started_at, finished_at, elapsed_s)),
+                                         started_at, finished_at, elapsed_s, process)),
                  true},
         std::nullopt};
   }
@@ -1102,14 +1129,14 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
                         : fmt::format("{} (attempt {})", text, job.attempt);
   };
   if (error) error = with_attempt(std::move(*error));
-  std::string record =
-      dump_lenient(job_record(job, error ? "failed" : "succeeded", kernel_name, params, result,
-                              error ? &*error : nullptr, started_at, finished_at, elapsed_s));
+  std::string record = dump_lenient(job_record(job, error ? "failed" : "succeeded", kernel_name,
+                                               params, result, error ? &*error : nullptr,
+                                               started_at, finished_at, elapsed_s, process));
   if (options_.max_result_bytes > 0 && record.size() > options_.max_result_bytes) {
     error = with_attempt(fmt::format("the job record is {} bytes, more than the limit of {} bytes",
                                      record.size(), options_.max_result_bytes));
     record = dump_lenient(job_record(job, "failed", kernel_name, Json::object(), Json(), &*error,
-                                     started_at, finished_at, elapsed_s));
+                                     started_at, finished_at, elapsed_s, process));
   }
   if (error) {
     ++stats_.failed;

@@ -1,6 +1,7 @@
-// The simq worker: an IO thread talking to the broker, slot threads running kernels, and a
-// writer thread putting results in Redis before the broker hears DONE. Thread-safety: run()
-// is called once, from one thread (it becomes the IO thread); the rest is internal.
+// The simq worker: an IO thread talking to the broker, slot threads running kernels (in the slot
+// thread, or in a kernel process per slot with process isolation), and a writer thread putting
+// results in Redis before the broker hears DONE. Thread-safety: run() is called once, from one
+// thread (it becomes the IO thread); the rest is internal.
 #pragma once
 
 #include <atomic>
@@ -19,6 +20,7 @@
 #include <zmq.hpp>
 
 #include "kernel.h"
+#include "kernel_process.h"
 #include "running_jobs.h"
 #include "simq/config.h"
 #include "simq/job.h"
@@ -28,6 +30,13 @@
 #include "simq/sweep.h"
 
 namespace simq {
+
+// Where a slot runs kernels.
+enum class Isolation {
+  kThread,   // in the slot's own thread: no cost per job, but a crash ends the worker and a
+             // kernel that ignores its stop token keeps its slot
+  kProcess,  // in a kernel process of the slot's own (kernel_process.h)
+};
 
 struct WorkerOptions {
   std::string broker = std::string(kDefaultBackend);  // the broker's backend endpoint
@@ -53,6 +62,8 @@ struct WorkerOptions {
   // for them only while its jobs are short (enough for ~5 ms of work per slot) and for none
   // once a kernel runs 20 ms, handing back what waits then; 0 = credit is the slots, always.
   uint32_t max_prefetch = 1024;
+  Isolation isolation = Isolation::kThread;
+  ProcessOptions process;  // the kernel processes, with Isolation::kProcess
 };
 
 // Counters for logs and tests. Each is read and written atomically.
@@ -192,8 +203,10 @@ class Worker {
 
   // Slot threads. `slot` numbers the slot (0 to slots - 1) in running_.
   void slot_loop(size_t slot, const std::stop_token& stop);
-  // Runs the job with `stop`, its own stop token from running_.
-  Outcome run_job(size_t slot, const JobRef& job, const std::stop_token& stop);
+  // Runs the job with `stop`, its own stop token from running_; its kernel in the slot's thread,
+  // or through `runner` (the slot's kernel processes) if there is one.
+  Outcome run_job(size_t slot, const JobRef& job, const std::stop_token& stop,
+                  ProcessRunner* runner);
   // A job stopped before its kernel started: reported without a record if its sweep was
   // cancelled, else handed back.
   Outcome stopped_before_start(size_t slot, const JobRef& job);
@@ -211,10 +224,12 @@ class Worker {
   // Reads a sweep from Redis and caches its spec; throws as Store::sweep() does. Called under
   // spec_store_mutex_.
   SpecLookup fetch_sweep(const std::string& sweep);
-  // A terminal record; `status` "succeeded" needs error == nullptr.
+  // A terminal record; `status` "succeeded" needs error == nullptr. `process`: the kernel
+  // process that ran the job, with process isolation.
   Json job_record(const JobRef& job, const char* status, const std::string& kernel,
                   const Json& params, const Json& result, const std::string* error,
-                  double started_at, double finished_at, double elapsed_s) const;
+                  double started_at, double finished_at, double elapsed_s,
+                  const ProcessReport* process = nullptr) const;
 
   // Writer thread.
   void writer_loop(const std::stop_token& stop);

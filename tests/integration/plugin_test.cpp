@@ -82,6 +82,27 @@ TEST(Plugin, ExampleSweepRunsOnALocalClusterWithThePlugin) {
   EXPECT_EQ(rows, 25);
 }
 
+// With process isolation the kernel processes load the plug-in too, and run its kernels.
+TEST(Plugin, ExampleSweepRunsInKernelProcesses) {
+  const auto ran = run_command(
+      {bin("simq"), "run", std::string(SIMQ_SOURCE_DIR) + "/examples/plugin/rosenbrock.toml",
+       "--plugin", SIMQ_EXAMPLE_PLUGIN, "--isolation", "process", "--format", "jsonl"},
+      120s);
+  ASSERT_EQ(ran.status, 0) << ran.out << ran.err;
+  std::istringstream lines(ran.out);
+  int rows = 0;
+  for (std::string line; std::getline(lines, line); ++rows) {
+    const Json row = Json::parse(line);
+    ASSERT_EQ(row["status"], "succeeded") << line;
+    EXPECT_GT(row["kernel_pid"].get<int64_t>(), 0) << line;
+    const double x = row["params"]["x"];
+    const double y = row["params"]["y"];
+    const double expected = (1 - x) * (1 - x) + 100 * (y - x * x) * (y - x * x);
+    EXPECT_DOUBLE_EQ(row["result"]["value"].get<double>(), expected) << line;
+  }
+  EXPECT_EQ(rows, 25);
+}
+
 TEST(Plugin, LocalClusterWithABadPluginFailsAtStart) {
   const auto ran = run_command(
       {bin("simq"), "run", std::string(SIMQ_SOURCE_DIR) + "/examples/plugin/rosenbrock.toml",

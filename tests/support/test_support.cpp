@@ -189,7 +189,10 @@ std::vector<int> processes_matching(const std::string& needle) {
   return pids;
 }
 
-std::vector<int> child_processes(int parent) {
+namespace {
+
+// Pids of the children of `parent` whose state is (`zombies`) or is not (!`zombies`) 'Z'.
+std::vector<int> children_of(int parent, bool zombies) {
   std::vector<int> pids;
   for (const int pid : all_processes()) {
     // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last
@@ -200,10 +203,18 @@ std::vector<int> child_processes(int parent) {
     std::istringstream fields(stat.substr(close + 1));
     char state = '?';
     int ppid = 0;
-    if (fields >> state >> ppid && ppid == parent && state != 'Z') pids.push_back(pid);
+    if (fields >> state >> ppid && ppid == parent && (state == 'Z') == zombies) {
+      pids.push_back(pid);
+    }
   }
   return pids;
 }
+
+}  // namespace
+
+std::vector<int> child_processes(int parent) { return children_of(parent, false); }
+
+std::vector<int> zombie_children(int parent) { return children_of(parent, true); }
 
 void note_children(int parent, ProcessMap& children) {
   for (const int pid : child_processes(parent)) {

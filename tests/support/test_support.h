@@ -82,6 +82,9 @@ std::vector<int> processes_matching(const std::string& needle);
 // Pids of the running (not zombie) children of process `parent`.
 std::vector<int> child_processes(int parent);
 
+// Pids of the children of process `parent` that ended and were not reaped (zombies).
+std::vector<int> zombie_children(int parent);
+
 // Adds the running children of `parent` to `children`, with their current command lines.
 void note_children(int parent, ProcessMap& children);
 

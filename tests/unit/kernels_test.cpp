@@ -174,10 +174,28 @@ TEST_F(KernelsTest, FaultFailsTheWayItIsAsked) {
 TEST_F(KernelsTest, FaultBadParams) {
   EXPECT_EQ(
       error_of("fault", {{"mode", "crash"}}),
-      R"(param 'mode': expected one of ok, error, retryable, segv, abort, exit, got string "crash")");
+      R"(param 'mode': expected one of ok, error, retryable, segv, abort, exit, alloc, leak, hang, got string "crash")");
   EXPECT_EQ(error_of("fault", {{"mode", 1}}), "param 'mode': expected string, got integer 1");
   EXPECT_EQ(error_of("fault", {{"seconds", -1}}),
             "param 'seconds': expected a number >= 0, got -1");
+  EXPECT_EQ(error_of("fault", {{"mode", "alloc"}, {"mib", -1}}),
+            "param 'mib': expected 0 to 1048576, got -1");
+}
+
+TEST_F(KernelsTest, FaultAllocLeakAndHangReturnTheirMode) {
+  EXPECT_EQ(run("fault", {{"mode", "alloc"}, {"mib", 2}}), (Json{{"mode", "alloc"}}));
+  EXPECT_EQ(run("fault", {{"mode", "leak"}, {"mib", 1}}), (Json{{"mode", "leak"}}));
+  // hang ignores a stop request: it sleeps its seconds all the same.
+  std::stop_source stop;
+  stop.request_stop();
+  const KernelContext ctx{JobRef{"s1", 0, 1}, stop.get_token()};
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(kernel("fault").run({{"mode", "hang"}, {"seconds", 0.2}}, ctx),
+            (Json{{"mode", "hang"}}));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(200));
+  // The other modes honour it.
+  EXPECT_THROW(kernel("fault").run({{"mode", "alloc"}, {"mib", 1}, {"hold_s", 3600}}, ctx),
+               KernelCancelled);
 }
 
 TEST_F(KernelsTest, FaultSleepIsCutShortByAStopRequest) {
