@@ -159,6 +159,7 @@ FigureOptions FigureOptions::smoke() {
   options.latency_jobs = 50;
   options.cpu_jobs = 4;
   options.cpu_samples = 1'000'000;
+  options.cpu_repeats = 1;
   options.io_jobs = 100;
   options.io_slots = 20;
   options.grid_jobs = 100'000;
@@ -241,7 +242,12 @@ Json cpu(const FigureOptions& options) {
   double one_worker_s = 0;
   for (const unsigned workers : counts) {
     const auto cluster = start_cluster(options, workers, 1);
-    const double elapsed = timed_sweep(*cluster, spec, "cpu");
+    // The best of a few runs: the machine is shared, and other work only ever slows a run.
+    double elapsed = 0;
+    for (unsigned run = 0; run < std::max(1U, options.cpu_repeats); ++run) {
+      const double seconds = timed_sweep(*cluster, spec, "cpu");
+      elapsed = run == 0 ? seconds : std::min(elapsed, seconds);
+    }
     if (workers == 1) one_worker_s = elapsed;
     const double speedup = one_worker_s / elapsed;
     points.push_back({{"workers", workers},
@@ -252,6 +258,7 @@ Json cpu(const FigureOptions& options) {
   return {{"kernel", "mc_pi"},
           {"jobs", options.cpu_jobs},
           {"samples_per_job", options.cpu_samples},
+          {"repeats", std::max(1U, options.cpu_repeats)},
           {"cores", std::thread::hardware_concurrency()},
           {"points", points}};
 }

@@ -15,16 +15,17 @@ namespace simq::bench {
 struct FigureOptions {
   uint64_t jobs = 1'000'000;  // throughput: no-op jobs in the sweep
   unsigned throughput_workers = 2;
-  // Per worker: its credit. More jobs in flight let broker and worker batch DISPATCH, DONE and
-  // Redis writes; on 2 busy cores, 50,000 jobs gave 6k jobs/s at 1 slot, 20k at 4, 39k at 16,
-  // 41k at 64, 49k at 128 and 35k at 256 (noisy). --throughput-slots changes it.
-  unsigned throughput_slots = 64;
+  // Slots per worker. Workers hold more jobs than slots while jobs are short (CREDIT), so a
+  // slot per core is enough: 10^6 jobs gave 118.8k jobs/s at 2, 113.2k at 4, 111.7k at 64
+  // (2026-11-22, one run). --throughput-slots changes it.
+  unsigned throughput_slots = 2;
   unsigned latency_jobs = 1000;  // latency: sequential one-job sweeps
   unsigned latency_workers = 2;
   std::vector<unsigned> scaling_workers = {1, 2};  // cpu: one run per count, 1 slot each
   unsigned cpu_jobs = 24;             // cpu: mc_pi jobs per run (24: even for 1,2,3,4,6,8)
   uint64_t cpu_samples = 16'000'000;  // cpu: mc_pi samples per job (~0.2 s here: the run on
                                       // one worker takes ~5 s)
+  unsigned cpu_repeats = 3;           // cpu: runs per worker count; the fastest is kept
   unsigned io_jobs = 1000;            // io: sleep jobs
   double io_seconds = 0.1;            // io: each one's sleep
   unsigned io_workers = 2;

@@ -74,7 +74,7 @@ int run_bench(int argc, char** argv) {
   app.add_option("--jobs", jobs, "throughput: no-op jobs in the sweep (default 10^6)")
       ->check(CLI::Range(uint64_t{1}, uint64_t{1'000'000'000}));
   app.add_option("--throughput-slots", throughput_slots,
-                 "throughput: slots per worker (2 workers; default 64)")
+                 "throughput: slots per worker (2 workers; default 2)")
       ->check(CLI::Range(1U, 10000U));
   app.add_option("--latency-jobs", latency_jobs,
                  "latency: sequential one-job sweeps (default 1000)")

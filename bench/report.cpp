@@ -130,8 +130,9 @@ std::vector<Row> make_rows(const Json& figures, const Json& peers) {
     for (const auto& point : f["points"]) {
       const auto workers = point["workers"].get<unsigned>();
       add("cpu", fmt::format("cpu.seconds_{}", workers),
-          fmt::format("{} x mc_pi({:.2g} samples) on {} worker{}", f["jobs"].get<unsigned>(),
-                      f["samples_per_job"].get<double>(), workers, workers == 1 ? "" : "s"),
+          fmt::format("{} x mc_pi({:.2g} samples) on {} worker{}, best of {}",
+                      f["jobs"].get<unsigned>(), f["samples_per_job"].get<double>(), workers,
+                      workers == 1 ? "" : "s", f.value("repeats", 1U)),
           point["seconds"].get<double>(), "s", std::nullopt, false);
       if (workers == 1) continue;
       // Targets hold up to one worker per core; beyond, the curve shows oversubscription.

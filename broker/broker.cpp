@@ -397,19 +397,24 @@ void Broker::drop_worker(const WorkerId& worker, const std::string& why, bool lo
   const std::string name = it == workers_.end() ? worker : it->second.name;
   // A lost worker's jobs run again as a new attempt, fenced first so that whatever the old
   // attempt still writes is refused; jobs handed back (BYE) were never finished: same attempt.
+  std::vector<JobRef> unstarted;
   const auto jobs = dispatcher_.remove_worker(
-      worker, lost ? Dispatcher::Handback::kHeld : Dispatcher::Handback::kReturned);
+      worker, lost ? Dispatcher::Handback::kHeld : Dispatcher::Handback::kReturned, &unstarted);
   if (lost) {
     for (const auto& job : jobs) unfenced_.push_back(Requeue{job, name});
   } else {
     drop_cancelled(jobs);
   }
-  counters_.requeued += jobs.size();
+  drop_cancelled(unstarted);
+  counters_.requeued += jobs.size() + unstarted.size();
   liveness_.forget(worker);
   if (it != workers_.end()) workers_.erase(it);
   spdlog::log(jobs.empty() ? spdlog::level::info : spdlog::level::warn,
-              "worker {} {}: {} jobs in flight requeued{}", name, why, jobs.size(),
-              lost && !jobs.empty() ? " as their next attempt" : "");
+              "worker {} {}: {} jobs in flight requeued{}{}", name, why, jobs.size(),
+              lost && !jobs.empty() ? " as their next attempt" : "",
+              unstarted.empty()
+                  ? ""
+                  : fmt::format(" ({} more it held unstarted: same attempt)", unstarted.size()));
   fence_pending();
 }
 
@@ -509,7 +514,14 @@ void Broker::dispatch() {
 }
 
 void Broker::remember_spec(const std::string& sweep, std::string body) {
-  if (body.size() > kInlineSpecMaxBytes || inline_specs_.contains(sweep)) return;
+  // A sweep id used again (the old sweep expired): no worker may get the old spec for it.
+  for (auto& [id, worker] : workers_) worker.specs_sent.erase(sweep);
+  if (const auto old = inline_specs_.find(sweep); old != inline_specs_.end()) {
+    inline_bytes_ -= old->second.size();
+    inline_specs_.erase(old);
+    std::erase(inline_order_, sweep);
+  }
+  if (body.size() > kInlineSpecMaxBytes) return;
   inline_bytes_ += body.size();
   inline_specs_.emplace(sweep, std::move(body));
   inline_order_.push_back(sweep);

@@ -32,13 +32,14 @@ void Dispatcher::add_worker(const WorkerId& worker, uint32_t credit, uint32_t bu
     Worker& w = *known->second;
     free_credit_ -= w.free();
     w.credit = credit;
+    w.slots = credit;
     w.busy = busy;
     w.draining = false;
     free_credit_ += w.free();
     return;
   }
   // Never served, so served before every worker that was, in joining order.
-  unserved_.push_back(Worker{.id = worker, .credit = credit, .busy = busy});
+  unserved_.push_back(Worker{.id = worker, .credit = credit, .slots = credit, .busy = busy});
   worker_index_.emplace(unserved_.back().id, std::prev(unserved_.end()));
   free_credit_ += unserved_.back().free();
 }
@@ -55,21 +56,32 @@ bool Dispatcher::release_busy(const WorkerId& worker) {
 
 bool Dispatcher::has_worker(const WorkerId& worker) const { return worker_index_.contains(worker); }
 
-std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker, Handback how) {
+std::vector<JobRef> Dispatcher::remove_worker(const WorkerId& worker, Handback how,
+                                              std::vector<JobRef>* unstarted) {
   auto known = worker_index_.find(worker);
   if (known == worker_index_.end()) return {};
   auto w = known->second;
 
   // Walk newest to oldest, pushing each to the front, so the oldest ends up first. Requeue
   // before untracking: untracking may release the last reference to the sweep's handle.
-  std::vector<JobRef> requeued(w->in_flight);
-  size_t slot = requeued.size();
+  const uint32_t may_have_started =
+      how == Handback::kReturned ? w->in_flight : std::min(w->in_flight, w->slots);
+  std::vector<JobRef> requeued(may_have_started);
+  size_t slot = w->in_flight;
   for (InFlightEntry* entry = w->newest; entry != nullptr;) {
     InFlightEntry* older = entry->second.prev;
     const JobKey key = entry->first;
-    const uint32_t attempt = entry->second.attempt + (how == Handback::kReturned ? 0 : 1);
-    requeued[--slot] = JobRef{sweeps_[key.sweep].name, key.index, attempt};
-    if (how != Handback::kHeld) push_front(key.sweep, key.index, attempt);
+    --slot;
+    if (slot >= may_have_started) {
+      push_front(key.sweep, key.index, entry->second.attempt);  // waited behind the others
+      if (unstarted != nullptr) {
+        unstarted->push_back(JobRef{sweeps_[key.sweep].name, key.index, entry->second.attempt});
+      }
+    } else {
+      const uint32_t attempt = entry->second.attempt + (how == Handback::kReturned ? 0 : 1);
+      requeued[slot] = JobRef{sweeps_[key.sweep].name, key.index, attempt};
+      if (how != Handback::kHeld) push_front(key.sweep, key.index, attempt);
+    }
     untrack(in_flight_.find(key));
     entry = older;
   }

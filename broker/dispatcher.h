@@ -46,8 +46,13 @@ class Dispatcher {
   };
 
   // A worker is gone (missed heartbeats, BYE). Its in-flight jobs are returned, in the order
-  // they were dispatched, with the attempt they will run as, and queued as `how` says.
-  std::vector<JobRef> remove_worker(const WorkerId& worker, Handback how = Handback::kLost);
+  // they were dispatched, with the attempt they will run as, and queued as `how` says. A lost
+  // worker runs its jobs in dispatch order, so only the oldest `slots` (its credit at
+  // add_worker) may have started: those are returned as `how` says; the others, held beyond
+  // its slots (CREDIT) and never started, go to the front of the queue with the same attempt
+  // and are not returned (but appended to `unstarted`, if given).
+  std::vector<JobRef> remove_worker(const WorkerId& worker, Handback how = Handback::kLost,
+                                    std::vector<JobRef>* unstarted = nullptr);
 
   // A worker is stopping: it gets no more jobs (its credit becomes 0), and those of `jobs`
   // in flight on it with that attempt go back to the FRONT of the queue, same attempt (it
@@ -134,6 +139,7 @@ class Dispatcher {
   struct Worker {
     WorkerId id;
     uint32_t credit = 0;
+    uint32_t slots = 0;  // its credit when it joined: jobs it runs at once
     uint32_t in_flight = 0;
     uint32_t busy = 0;                // slots taken by jobs of an earlier session
     bool draining = false;            // drain() was called: no more jobs, whatever it asks

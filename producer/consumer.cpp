@@ -473,9 +473,13 @@ int wait_sweep(Store& store, const std::string& sweep, const WaitOptions& option
     std::optional<SweepInfo> now_info;
     try {
       events = store.read_events(sweep, cursor, block, kEventBatch);
-      for (const auto& event : events) ended = ended || event.sweep_done;
+      size_t entries = 0;  // an entry announces many jobs, each an event with its id
+      for (size_t i = 0; i < events.size(); ++i) {
+        ended = ended || events[i].sweep_done;
+        if (i == 0 || events[i].id != events[i - 1].id) ++entries;
+      }
       if (!events.empty()) cursor = events.back().id;
-      if (events.size() == kEventBatch && !ended) {
+      if (entries == kEventBatch && !ended) {
         // Far behind the stream: the counts come from the sweep record, so skip to its end.
         if (auto newest = store.newest_event_id(sweep)) cursor = std::move(*newest);
       }

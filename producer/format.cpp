@@ -208,14 +208,17 @@ class PlainRecordCheck : public nlohmann::json_sax<Json> {
 
   bool null() override { return value(Kind::kOther); }
   bool boolean(bool /*value*/) override { return value(Kind::kOther); }
-  bool number_integer(number_integer_t value) override {
-    return this->value(value >= 0 ? Kind::kUnsigned : Kind::kOther);
-  }
+  // Negative, or "-0": parse_job_record() would replace such an index.
+  bool number_integer(number_integer_t /*value*/) override { return value(Kind::kOther); }
   bool number_unsigned(number_unsigned_t /*value*/) override { return value(Kind::kUnsigned); }
   bool number_float(number_float_t /*value*/, const string_t& /*text*/) override {
     return value(Kind::kOther);
   }
-  bool string(string_t& /*value*/) override { return value(Kind::kString); }
+  bool string(string_t& text) override {
+    // A stored "corrupt" status gets its params derived when parsed: not plain.
+    if (depth_ == 1 && current_ == "status" && text == "corrupt") ok_ = false;
+    return value(Kind::kString);
+  }
   bool binary(binary_t& /*value*/) override { return ok_ = false; }
   bool start_object(std::size_t /*elements*/) override {
     if (depth_ == 0) object_ = true;
@@ -281,7 +284,8 @@ class PlainRecordCheck : public nlohmann::json_sax<Json> {
 }  // namespace
 
 bool is_plain_record_line(std::string_view text) {
-  if (text.find('\n') != std::string_view::npos || text.find('\r') != std::string_view::npos) {
+  if (text.find('\n') != std::string_view::npos || text.find('\r') != std::string_view::npos ||
+      text.starts_with("\xEF\xBB\xBF")) {  // a BOM: the parser skips it, the line would keep it
     return false;
   }
   PlainRecordCheck check;

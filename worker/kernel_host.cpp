@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -76,13 +77,16 @@ class Host {
                                           static_cast<int>(request->type)));
         }
         std::stop_token stop;
+        std::stop_source stop_now;  // its stop was read before the job itself
         {
           const std::lock_guard lock(mutex_);
           // A job's stop state serves the next one unless it was stopped.
           if (stop_.stop_requested()) stop_ = std::stop_source();
           running_seq_ = request->seq;
           stop = stop_.get_token();
+          if (request->seq <= stopped_ahead_) stop_now = stop_;
         }
+        if (stop_now.stop_possible()) stop_now.request_stop();
         reset_peak();
         reply = run(*request, stop);
         const ResidentSet memory = resident_set();
@@ -168,6 +172,11 @@ class Host {
     std::stop_source running;
     {
       const std::lock_guard lock(mutex_);
+      if (seq > running_seq_) {
+        // The stop socket was read before the job's frame: the job is stopped as it starts.
+        stopped_ahead_ = std::max(stopped_ahead_, seq);
+        return;
+      }
       if (seq != 0 && seq != running_seq_) return;  // that job has ended
       running = stop_;
     }
@@ -194,7 +203,8 @@ class Host {
   msgpack::sbuffer out_;     // the reply being sent (main thread)
 
   std::mutex mutex_;
-  uint64_t running_seq_ = 0;  // the job stop_ belongs to
+  uint64_t running_seq_ = 0;    // the job stop_ belongs to
+  uint64_t stopped_ahead_ = 0;  // the highest job stopped before its frame was read
   std::stop_source stop_;
   std::string stop_error_;    // why the stop thread ended, if not because the socket closed
   std::jthread stop_reader_;  // declared last: joined before the rest goes
@@ -203,6 +213,9 @@ class Host {
 }  // namespace
 
 int serve_kernel_host(int fd, int stop_fd, const KernelRegistry& kernels) {
+  // dup2 cleared close-on-exec: a program a kernel starts must not hold the sockets, or the
+  // worker would not see this process die while it lives.
+  for (const int descriptor : {fd, stop_fd}) ::fcntl(descriptor, F_SETFD, FD_CLOEXEC);
   Host host(fd, stop_fd, kernels);
   return host.serve();
 }

@@ -114,7 +114,9 @@ bool RunningJobs::cancelled(const std::string& sweep) {
   return cancelled_.contains(sweep);
 }
 
-RunningJobs::Look RunningJobs::look(Clock::time_point now, Clock::duration mark_after) {
+RunningJobs::Look RunningJobs::look(
+    Clock::time_point now, Clock::duration mark_after,
+    const std::function<void(const std::vector<std::pair<JobRef, double>>&)>& mark) {
   Look look;
   const std::lock_guard lock(mutex_);
   for (auto& slot : slots_) {
@@ -127,6 +129,7 @@ RunningJobs::Look RunningJobs::look(Clock::time_point now, Clock::duration mark_
       look.to_mark.emplace_back(slot.job, slot.started_unix);
     }
   }
+  if (!look.to_mark.empty()) mark(look.to_mark);
   return look;
 }
 

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -65,7 +66,10 @@ class RunningJobs {
     Clock::duration longest{};  // how long the longest-running kernel has run
     size_t held = 0;            // slots holding a job, its kernel started or not
   };
-  Look look(Clock::time_point now, Clock::duration mark_after);
+  // `mark(to_mark)` is called before the lock is released (when there is something to mark),
+  // so a slot cannot end the job and queue its next write (a retry's mark) in between.
+  Look look(Clock::time_point now, Clock::duration mark_after,
+            const std::function<void(const std::vector<std::pair<JobRef, double>>&)>& mark);
 
   // The worker stops taking jobs: those whose kernel has not started are stopped (kShutdown).
   void stop_unstarted();

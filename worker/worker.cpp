@@ -180,6 +180,11 @@ std::optional<JobRef> Worker::JobQueue::pop(const std::stop_token& stop) {
   return job;
 }
 
+bool Worker::JobQueue::empty() {
+  const std::lock_guard lock(mutex_);
+  return jobs_.empty();
+}
+
 void Worker::JobQueue::settled(uint64_t jobs) {
   [[maybe_unused]] const uint64_t before = taken_.fetch_sub(jobs);
   assert(before >= jobs && "more jobs settled than taken");
@@ -528,8 +533,7 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
     return;
   }
   for (const auto& [sweep, json] : dispatch.specs) {
-    if (cached_spec(sweep)) continue;
-    try {
+    try {  // replaces a cached spec: the id may be used again by a new sweep
       cache_spec(sweep,
                  std::make_shared<const SweepSpec>(SweepSpec::from_json(json, "sweep " + sweep)));
     } catch (const std::exception& e) {  // the slot reads it from Redis, and says what is wrong
@@ -551,17 +555,19 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
     return;
   }
   connection.next_pace = now + kPaceEvery;
-  const RunningJobs::Look look = running_.look(now, kMarkAfter);
-  connection.slots_busy = look.held > 0;
+  const RunningJobs::Look look =
+      running_.look(now, kMarkAfter, [&](const std::vector<std::pair<JobRef, double>>& to_mark) {
+        if (stopping) return;
+        std::vector<JobWrite> marks;
+        marks.reserve(to_mark.size());
+        for (const auto& [job, started_at] : to_mark) {
+          marks.push_back(
+              JobWrite{job, true, running_record(job, options_.name, started_at), false});
+        }
+        writes_.push_marks(std::move(marks));
+      });
+  connection.slots_busy = look.held > 0 || !jobs_.empty();
   if (connection.slots_busy) wait = std::min(wait, kPaceEvery);
-  if (!look.to_mark.empty() && !stopping) {
-    std::vector<JobWrite> marks;
-    marks.reserve(look.to_mark.size());
-    for (const auto& [job, started_at] : look.to_mark) {
-      marks.push_back(JobWrite{job, true, running_record(job, options_.name, started_at), false});
-    }
-    writes_.push_marks(std::move(marks));
-  }
 
   if (stopping || !connection.socket || !connection.welcomed || options_.max_prefetch == 0) return;
   uint32_t wanted = connection.prefetch;
@@ -874,7 +880,10 @@ Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
 void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec) {
   if (options_.max_cached_sweeps == 0) return;
   const std::lock_guard lock(specs_mutex_);
-  if (!specs_.emplace(sweep, std::move(spec)).second) return;
+  if (const auto [it, added] = specs_.try_emplace(sweep, spec); !added) {
+    it->second = std::move(spec);
+    return;
+  }
   spec_order_.push_back(sweep);
   if (specs_.size() > options_.max_cached_sweeps) {
     specs_.erase(spec_order_.front());

@@ -130,6 +130,7 @@ class Worker {
     // be reported DONE).
     std::vector<JobRef> take_sweep(const std::string& sweep);
     uint64_t taken() const { return taken_.load(); }
+    bool empty();  // no job waits for a slot
     // `jobs` taken jobs were reported DONE to the broker, or handed back (never reported).
     void settled(uint64_t jobs);
 

@@ -399,6 +399,23 @@ TEST(Dispatcher, CreditBeyondTheSlotsIsHeldAndHandedBackJobsRunElsewhere) {
   EXPECT_EQ(d.set_credit("nobody", 5, {{"s", 5, 1}}), 0u);
 }
 
+TEST(Dispatcher, ALostWorkersJobsBeyondItsSlotsNeverStartedAndKeepTheirAttempt) {
+  Dispatcher d;
+  d.add_worker("a", 2);
+  d.add_range("s", 0, 6);
+  ASSERT_EQ(d.set_credit("a", 5, {}), 0u);
+  ASSERT_EQ(d.dispatch(100).at(0).jobs.size(), 5u);
+  // Jobs 0 and 1 may have been running; 2, 3, 4 waited in its queue.
+  std::vector<JobRef> unstarted;
+  EXPECT_EQ(d.remove_worker("a", Dispatcher::Handback::kHeld, &unstarted),
+            (std::vector<JobRef>{{"s", 0, 2}, {"s", 1, 2}}));
+  EXPECT_EQ(unstarted, (std::vector<JobRef>{{"s", 4, 1}, {"s", 3, 1}, {"s", 2, 1}}));
+  d.add_worker("b", 10);
+  EXPECT_EQ(jobs_of(d.dispatch(10), "b"),
+            (std::vector<JobRef>{{"s", 2, 1}, {"s", 3, 1}, {"s", 4, 1}, {"s", 5, 1}}))
+      << "the unstarted ones first, in order, same attempt; the held ones wait for their fence";
+}
+
 TEST(Dispatcher, LateCompleteAfterRequeueIsRejected) {
   Dispatcher d;
   d.add_worker("a", 1);

@@ -220,6 +220,11 @@ TEST(FormatJsonl, RecordsThatNeedMendingOrAreNotOneLineAreNotPlain) {
   EXPECT_FALSE(is_plain_record_line(R"({"job":"j","index":7,"status":"x")" + fields)) << "no sweep";
   EXPECT_FALSE(is_plain_record_line(R"({"job":"j","sweep":"s","index":7,"status":1)" + fields));
   EXPECT_FALSE(is_plain_record_line(R"([{"job":"j"}])"));
+  EXPECT_FALSE(is_plain_record_line(R"({"job":"j","sweep":"s1","index":-0,"status":"x")" + fields));
+  EXPECT_FALSE(
+      is_plain_record_line(R"({"job":"j","sweep":"s1","index":7,"status":"corrupt")" + fields));
+  EXPECT_FALSE(is_plain_record_line(
+      "\xEF\xBB\xBF" + std::string(R"({"job":"j","sweep":"s","index":7,"status":"x")") + fields));
   EXPECT_FALSE(is_plain_record_line(""));
   // Keys of nested objects are not the record's.
   EXPECT_FALSE(is_plain_record_line(
