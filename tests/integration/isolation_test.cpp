@@ -30,6 +30,16 @@ std::string trim(std::string text) {
   return text;
 }
 
+// Whether job 0 of the sweep has started its kernel within 10 s (the worker logs it).
+bool kernel_started(TestCluster& cluster, const std::string& sweep) {
+  return wait_until(
+      [&] {
+        return cluster.logs().find(fmt::format("job {}:0: kernel 'fault' started", sweep)) !=
+               std::string::npos;
+      },
+      10s);
+}
+
 // A cluster of one worker with process isolation and `slots` slots, plus `flags`; its kill
 // grace is short, so that tests of kernels that ignore their stop do not wait long.
 TestCluster::Options isolated(int slots, std::vector<std::string> flags = {}) {
@@ -169,13 +179,7 @@ TEST_F(Isolation, CancellingAKernelThatIgnoresItsStopFreesItsSlot) {
   TestCluster cluster(isolated(1));
   const auto hung =
       submit(cluster, "kernel = \"fault\"\n[params]\nmode = \"hang\"\nseconds = 60\n");
-  ASSERT_TRUE(wait_until(
-      [&] {
-        return cluster.logs().find(fmt::format("job {}:0: kernel 'fault' started", hung)) !=
-               std::string::npos;
-      },
-      10s))
-      << cluster.logs();
+  ASSERT_TRUE(kernel_started(cluster, hung)) << cluster.logs();
   const auto cancelled = cluster.simq({"cancel", hung});
   ASSERT_EQ(cancelled.status, 0) << cancelled.err;
 
@@ -262,13 +266,7 @@ TEST_F(Isolation, AStopHandsBackAJobWhoseKernelIgnoresItAndLeavesNoKernelProcess
   const int worker = cluster.worker(0).pid();
   const auto hung =
       submit(cluster, "kernel = \"fault\"\n[params]\nmode = \"hang\"\nseconds = 60\n");
-  ASSERT_TRUE(wait_until(
-      [&] {
-        return cluster.logs().find(fmt::format("job {}:0: kernel 'fault' started", hung)) !=
-               std::string::npos;
-      },
-      10s))
-      << cluster.logs();
+  ASSERT_TRUE(kernel_started(cluster, hung)) << cluster.logs();
   const std::vector<int> kernel_processes = child_processes(worker);
   ASSERT_EQ(kernel_processes.size(), 1u);
 
