@@ -77,6 +77,43 @@ double jitter() {
   return std::uniform_real_distribution<double>(0.5, 1.0)(random);
 }
 
+// Appends `text` as a JSON string: as it is between quotes when it is plain printable ASCII
+// (sweep ids, kernel names, statuses), else escaped by the JSON library (invalid UTF-8
+// replaced, as dump_lenient() does).
+void append_json_string(std::string& out, std::string_view text) {
+  const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+  });
+  if (plain) {
+    out += '"';
+    out += text;
+    out += '"';
+  } else {
+    out += dump_lenient(Json(std::string(text)));
+  }
+}
+
+// Appends a number as JSON: the shortest text that reads back as the same double, with a
+// fraction or exponent; null when it is not finite (JSON has no NaN), as the JSON library
+// writes it.
+void append_json_number(std::string& out, double value) {
+  if (!std::isfinite(value)) {
+    out += "null";
+    return;
+  }
+  char text[32];
+  const auto end = std::to_chars(std::begin(text), std::end(text), value).ptr;
+  out.append(text, end);
+  // 0.0 stays a float for readers that tell numbers apart ("0" would read back as an integer).
+  if (std::find_if(text, end, [](char c) { return c == '.' || c == 'e'; }) == end) out += ".0";
+}
+
+// Appends an integer as JSON.
+void append_json_integer(std::string& out, int64_t value) {
+  char text[24];
+  out.append(text, std::to_chars(std::begin(text), std::end(text), value).ptr);
+}
+
 std::string running_record(const JobRef& job, const std::string& worker, double started_at) {
   Json record = Json::object();
   record["job"] = job_id(job.sweep, job.index);
@@ -891,39 +928,64 @@ void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpe
   }
 }
 
-Json Worker::job_record(const JobRef& job, const char* status, const std::string& kernel,
-                        const Json& params, const Json& result, const std::string* error,
-                        double started_at, double finished_at, double elapsed_s,
-                        const ProcessReport* process) const {
-  Json record = Json::object();
-  record["job"] = job_id(job.sweep, job.index);
-  record["sweep"] = job.sweep;
-  record["index"] = job.index;
-  record["status"] = status;
-  record["kernel"] = kernel;
-  record["params"] = params;
-  record["result"] = error == nullptr ? result : Json(nullptr);
-  record["error"] = error == nullptr ? Json(nullptr) : Json(*error);
-  record["attempts"] = job.attempt;
-  record["worker"] = options_.name;
-  record["started_at"] = started_at;
-  record["finished_at"] = finished_at;
-  record["elapsed_s"] = elapsed_s;
-  if (process != nullptr) {
-    record["kernel_pid"] = process->pid;
-    record["peak_rss_kib"] = process->peak_rss_kib;
-    if (process->signal != 0) record["signal"] = process->signal;
+std::string Worker::job_record(const JobRef& job, const char* status, const std::string& kernel,
+                               const Json& params, const Json& result, const std::string* error,
+                               double started_at, double finished_at, double elapsed_s,
+                               const ProcessReport* process,
+                               std::optional<uint32_t> dead_letter_runs) const {
+  std::string out;
+  out.reserve(256);
+  out += "{\"job\":";
+  append_json_string(out, job_id(job.sweep, job.index));
+  out += ",\"sweep\":";
+  append_json_string(out, job.sweep);
+  out += ",\"index\":";
+  out += std::to_string(job.index);
+  out += ",\"status\":";
+  append_json_string(out, status);
+  out += ",\"kernel\":";
+  append_json_string(out, kernel);
+  out += ",\"params\":";
+  out += dump_lenient(params);
+  out += ",\"result\":";
+  out += error == nullptr ? dump_lenient(result) : "null";
+  out += ",\"error\":";
+  if (error == nullptr) {
+    out += "null";
+  } else {
+    append_json_string(out, *error);
   }
-  return record;
+  out += ",\"attempts\":";
+  append_json_integer(out, dead_letter_runs.value_or(job.attempt));
+  out += ",\"worker\":";
+  append_json_string(out, options_.name);
+  out += ",\"started_at\":";
+  append_json_number(out, started_at);
+  out += ",\"finished_at\":";
+  append_json_number(out, finished_at);
+  out += ",\"elapsed_s\":";
+  append_json_number(out, elapsed_s);
+  if (process != nullptr) {
+    out += ",\"kernel_pid\":";
+    append_json_integer(out, process->pid);
+    out += ",\"peak_rss_kib\":";
+    append_json_integer(out, static_cast<int64_t>(process->peak_rss_kib));
+    if (process->signal != 0) {
+      out += ",\"signal\":";
+      append_json_integer(out, process->signal);
+    }
+  }
+  if (dead_letter_runs) out += ",\"dead_letter\":true";
+  out += '}';
+  return out;
 }
 
 JobWrite Worker::failed_job(const JobRef& job, const std::string& kernel,
                             const std::string& error) {
   const double now = unix_time();
-  return JobWrite{
-      job, false,
-      dump_lenient(job_record(job, "failed", kernel, Json::object(), Json(), &error, now, now, 0)),
-      false};
+  return JobWrite{job, false,
+                  job_record(job, "failed", kernel, Json::object(), Json(), &error, now, now, 0),
+                  false};
 }
 
 Worker::Outcome Worker::stopped_before_start(size_t slot, const JobRef& job) {
@@ -970,13 +1032,13 @@ Worker::Outcome Worker::dead_letter(const JobRef& job, const std::string& kernel
           : fmt::format("dead-lettered: attempt {} exceeds max_attempts {}", job.attempt,
                         max_attempts);
   const double now = unix_time();
-  Json record = job_record(job, "failed", kernel, params, Json(), &error, now, now, 0);
-  record["attempts"] = job.attempt - 1;  // the runs made; this one is not
-  record["dead_letter"] = true;
+  // `attempts`: the runs made; this one is not.
+  std::string record = job_record(job, "failed", kernel, params, Json(), &error, now, now, 0,
+                                  nullptr, job.attempt - 1);
   ++stats_.failed;
   ++stats_.dead_lettered;
   spdlog::warn("job {} dead-lettered: {}", job_id(job.sweep, job.index), error);
-  return Outcome{JobWrite{job, false, dump_lenient(record), false}, std::nullopt};
+  return Outcome{JobWrite{job, false, std::move(record), false}, std::nullopt};
 }
 
 Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_token& stop,
@@ -1097,12 +1159,11 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
     const std::string cancelled = "cancelled by simq cancel";
     ++stats_.cancelled;
     spdlog::debug("job {}: cancelled while running", id);
-    return Outcome{
-        JobWrite{job, false,
-                 dump_lenient(job_record(job, "cancelled", kernel_name, params, Json(), &cancelled,
-                                         started_at, finished_at, elapsed_s, process)),
-                 true},
-        std::nullopt};
+    return Outcome{JobWrite{job, false,
+                            job_record(job, "cancelled", kernel_name, params, Json(), &cancelled,
+                                       started_at, finished_at, elapsed_s, process),
+                            true},
+                   std::nullopt};
   }
   if (stopped == RunningJobs::Stop::kTimeout) {  // even if it returned a result, late
     error = fmt::format("timed out after {} s", timeout_s);
@@ -1138,14 +1199,14 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
                         : fmt::format("{} (attempt {})", text, job.attempt);
   };
   if (error) error = with_attempt(std::move(*error));
-  std::string record = dump_lenient(job_record(job, error ? "failed" : "succeeded", kernel_name,
-                                               params, result, error ? &*error : nullptr,
-                                               started_at, finished_at, elapsed_s, process));
+  std::string record =
+      job_record(job, error ? "failed" : "succeeded", kernel_name, params, result,
+                 error ? &*error : nullptr, started_at, finished_at, elapsed_s, process);
   if (options_.max_result_bytes > 0 && record.size() > options_.max_result_bytes) {
     error = with_attempt(fmt::format("the job record is {} bytes, more than the limit of {} bytes",
                                      record.size(), options_.max_result_bytes));
-    record = dump_lenient(job_record(job, "failed", kernel_name, Json::object(), Json(), &*error,
-                                     started_at, finished_at, elapsed_s, process));
+    record = job_record(job, "failed", kernel_name, Json::object(), Json(), &*error, started_at,
+                        finished_at, elapsed_s, process);
   }
   if (error) {
     ++stats_.failed;

@@ -225,12 +225,15 @@ class Worker {
   // Reads a sweep from Redis and caches its spec; throws as Store::sweep() does. Called under
   // spec_store_mutex_.
   SpecLookup fetch_sweep(const std::string& sweep);
-  // A terminal record; `status` "succeeded" needs error == nullptr. `process`: the kernel
-  // process that ran the job, with process isolation.
-  Json job_record(const JobRef& job, const char* status, const std::string& kernel,
-                  const Json& params, const Json& result, const std::string* error,
-                  double started_at, double finished_at, double elapsed_s,
-                  const ProcessReport* process = nullptr) const;
+  // A terminal record as compact JSON text (docs/redis-schema.md), written field by field
+  // rather than built as a Json (that was most of a no-op job's instructions); `status`
+  // "succeeded" needs error == nullptr. `process`: the kernel process that ran the job, with
+  // process isolation. `dead_letter_runs`: the job was dead-lettered after that many runs.
+  std::string job_record(const JobRef& job, const char* status, const std::string& kernel,
+                         const Json& params, const Json& result, const std::string* error,
+                         double started_at, double finished_at, double elapsed_s,
+                         const ProcessReport* process = nullptr,
+                         std::optional<uint32_t> dead_letter_runs = std::nullopt) const;
 
   // Writer thread.
   void writer_loop(const std::stop_token& stop);
