@@ -195,10 +195,10 @@ struct Worker::SpecLookup {
 // ---------------------------------------------------------------------------------------
 // Queues
 
-void Worker::JobQueue::push(const std::vector<JobRef>& jobs) {
+void Worker::JobQueue::push(const std::vector<JobRef>& jobs, bool front) {
   {
     const std::lock_guard lock(mutex_);
-    jobs_.insert(jobs_.end(), jobs.begin(), jobs.end());
+    jobs_.insert(front ? jobs_.begin() : jobs_.end(), jobs.begin(), jobs.end());
   }
   if (jobs.size() == 1) {
     ready_.notify_one();
@@ -629,7 +629,7 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
   CreditMsg credit{wanted, {}};
   if (wanted == 0) credit.jobs = jobs_.clear();  // queued behind long jobs: run elsewhere
   if (!send(connection, Command::kCredit, encode(credit))) {
-    jobs_.push(credit.jobs);  // not handed back after all
+    jobs_.push(credit.jobs, /*front=*/true);  // not handed back after all: first, as before
     return;
   }
   spdlog::debug("holding up to {} jobs beyond {} slots ({} queued jobs handed back)", wanted,

@@ -121,7 +121,8 @@ class Worker {
   // broker socket. HELLO announces those as busy after a reconnection.
   class JobQueue {
    public:
-    void push(const std::vector<JobRef>& jobs);
+    // Queues jobs behind the others; `front`: ahead of them, in the order given.
+    void push(const std::vector<JobRef>& jobs, bool front = false);
     // The next job, counted as taken (under the same lock as clear(), so a job is either
     // dropped or counted); nullopt once stop is requested.
     std::optional<JobRef> pop(const std::stop_token& stop);

@@ -212,9 +212,31 @@ std::string parse_stream_entry(const RedisReply& fields,
   }
   std::string end;
   bool jobs = false;
+  const std::string* old_job = nullptr;  // the format before batches: job <index> status <s>
+  const std::string* old_status = nullptr;
+  // A decimal job index, as the store writes it (no sign, no leading zero).
+  const auto index_of = [](std::string_view name, const std::string& value, const char* p,
+                           const char* end_of_index) {
+    uint64_t index = 0;
+    const auto [ptr, ec] = std::from_chars(p, end_of_index, index);
+    if (ec != std::errc() || ptr != end_of_index || (end_of_index - p > 1 && *p == '0')) {
+      throw StoreError(fmt::format("{}=\"{}\": \"{}\" is not a job index", name,
+                                   value.size() > 64 ? value.substr(0, 64) + "..." : value,
+                                   std::string_view(p, static_cast<size_t>(end_of_index - p))));
+    }
+    return index;
+  };
   for (size_t i = 0; i < fields.elements.size(); i += 2) {
     const std::string& name = fields.elements[i].str;
     const std::string& value = fields.elements[i + 1].str;
+    if (name == "job") {
+      old_job = &value;
+      continue;
+    }
+    if (name == "status") {
+      old_status = &value;
+      continue;
+    }
     if (name == "sweep") {
       if (value != "done" && value != "cancelled") {
         throw StoreError(fmt::format("sweep={}: expected done or cancelled", value));
@@ -224,8 +246,8 @@ std::string parse_stream_entry(const RedisReply& fields,
     }
     if (name != "succeeded" && name != "failed" && name != "cancelled") {
       throw StoreError(
-          fmt::format("unknown field \"{}\" (expected succeeded, failed, cancelled "
-                      "or sweep)",
+          fmt::format("unknown field \"{}\" (expected succeeded, failed, cancelled, sweep, "
+                      "or job with status)",
                       name));
     }
     jobs = true;
@@ -233,17 +255,23 @@ std::string parse_stream_entry(const RedisReply& fields,
     const char* const stop = value.data() + value.size();
     for (;;) {
       const char* comma = std::find(p, stop, ',');
-      uint64_t index = 0;
-      const auto [ptr, ec] = std::from_chars(p, comma, index);
-      if (ec != std::errc() || ptr != comma || (comma - p > 1 && *p == '0')) {
-        throw StoreError(fmt::format("{}=\"{}\": \"{}\" is not a job index", name,
-                                     value.size() > 64 ? value.substr(0, 64) + "..." : value,
-                                     std::string_view(p, static_cast<size_t>(comma - p))));
-      }
-      on_job(index, name);
+      on_job(index_of(name, value, p, comma), name);
       if (comma == stop) break;
       p = comma + 1;
     }
+  }
+  if ((old_job == nullptr) != (old_status == nullptr)) {
+    throw StoreError(old_job != nullptr ? "job without status" : "status without job");
+  }
+  if (old_job != nullptr) {
+    if (*old_status != "succeeded" && *old_status != "failed" && *old_status != "cancelled") {
+      throw StoreError(fmt::format("status={}: expected succeeded, failed or cancelled",
+                                   excerpt(*old_status, 64)));
+    }
+    const uint64_t index =
+        index_of("job", *old_job, old_job->data(), old_job->data() + old_job->size());
+    on_job(index, *old_status);
+    jobs = true;
   }
   if (!end.empty() && jobs) throw StoreError("a final entry (sweep=...) that also lists jobs");
   if (end.empty() && !jobs) throw StoreError("neither jobs nor the sweep's end");

@@ -178,8 +178,14 @@ TEST_F(StoreTest, AMalformedStreamEntryIsRefusedSayingWhatIsWrong) {
   EXPECT_EQ(parse({"succeeded", "1,,2"}), "succeeded=\"1,,2\": \"\" is not a job index");
   EXPECT_EQ(parse({"failed", "07"}), "failed=\"07\": \"07\" is not a job index");
   EXPECT_EQ(parse({"failed", "-1"}), "failed=\"-1\": \"-1\" is not a job index");
-  EXPECT_EQ(parse({"job", "4"}),
-            "unknown field \"job\" (expected succeeded, failed, cancelled or sweep)");
+  // The format before batches, one job an entry, is still read.
+  EXPECT_EQ(parse({"job", "4", "status", "failed"}), "end= jobs=4");
+  EXPECT_EQ(parse({"job", "4"}), "job without status");
+  EXPECT_EQ(parse({"job", "4", "status", "done"}),
+            "status=done: expected succeeded, failed or cancelled");
+  EXPECT_EQ(parse({"worker", "w1"}),
+            "unknown field \"worker\" (expected succeeded, failed, cancelled, sweep, or job with "
+            "status)");
   EXPECT_EQ(parse({"sweep", "paused"}), "sweep=paused: expected done or cancelled");
   EXPECT_EQ(parse({"sweep", "done", "failed", "1"}),
             "a final entry (sweep=...) that also lists jobs");

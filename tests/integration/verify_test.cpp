@@ -97,12 +97,12 @@ TEST_F(Verify, AMalformedCompletionEntryIsUnexpected) {
   const auto sweep = finished_sweep(cluster_, dir_);
   const auto redis = cluster_.redis().connect();
   redis->command({"XADD", events_key(sweep), "*", "succeeded", "3,x4"});
-  redis->command({"XADD", events_key(sweep), "*", "job", "4", "status", "succeeded"});
+  redis->command({"XADD", events_key(sweep), "*", "worker", "w1"});
   const auto result = verify(sweep);
   EXPECT_EQ(result.status, 1) << result.out << result.err;
   EXPECT_THAT(result.out, HasSubstr("unexpected: 2"));
   EXPECT_THAT(result.out, HasSubstr("succeeded=\"3,x4\": \"x4\" is not a job index"));
-  EXPECT_THAT(result.out, HasSubstr("unknown field \"job\""));
+  EXPECT_THAT(result.out, HasSubstr("unknown field \"worker\""));
 }
 
 TEST_F(Verify, ARecordOutsideTheSweepIsUnexpected) {
