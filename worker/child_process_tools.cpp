@@ -20,6 +20,8 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
+#include "simq/child_process.h"
+
 namespace simq {
 
 void close_on_exec_from(int first) {
@@ -43,11 +45,7 @@ void reset_signals() {
 }
 
 std::string describe_wait_status(int raw) {
-  if (WIFSIGNALED(raw)) {
-    const int sig = WTERMSIG(raw);
-    const char* name = sigabbrev_np(sig);
-    return fmt::format("killed by signal {} (SIG{})", sig, name == nullptr ? "?" : name);
-  }
+  if (WIFSIGNALED(raw)) return killed_by_signal(WTERMSIG(raw));
   return fmt::format("exited {}", WEXITSTATUS(raw));
 }
 

@@ -569,6 +569,10 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
     send(connection, Command::kDrain, encode(DrainMsg{std::move(dispatch.jobs)}));
     return;
   }
+  if (!dispatch.spec_problem.empty()) {
+    ++stats_.malformed;  // its jobs run: their specs are read from Redis
+    spdlog::warn("malformed DISPATCH from the broker: {}", dispatch.spec_problem);
+  }
   for (const auto& [sweep, json] : dispatch.specs) {
     try {  // replaces a cached spec: the id may be used again by a new sweep
       cache_spec(sweep,

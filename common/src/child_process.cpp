@@ -138,12 +138,13 @@ int ChildProcess::stop(std::chrono::milliseconds grace) {
   return wait(std::chrono::milliseconds(10000)).value_or(128 + SIGKILL);
 }
 
+std::string killed_by_signal(int sig) {
+  const char* name = sigabbrev_np(sig);
+  return fmt::format("killed by signal {} (SIG{})", sig, name == nullptr ? "?" : name);
+}
+
 std::string ChildProcess::describe_status(int status) {
-  if (status > 128 && status < 128 + 65) {
-    const int sig = status - 128;
-    const char* name = sigabbrev_np(sig);
-    return fmt::format("killed by signal {} (SIG{})", sig, name == nullptr ? "?" : name);
-  }
+  if (status > 128 && status < 128 + 65) return killed_by_signal(status - 128);
   return fmt::format("exited {}", status);
 }
 

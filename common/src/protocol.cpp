@@ -168,25 +168,31 @@ std::string encode(const WelcomeMsg& msg) {
 
 namespace {
 
-std::string encode_jobs(const std::vector<JobRef>& jobs) {
-  return pack_map(1, [&](Packer& p) {
-    pack_key(p, "jobs");
-    p.pack_array(static_cast<uint32_t>(jobs.size()));
-    for (const auto& job : jobs) {
-      p.pack_array(3);
-      pack_job(p, job);
-    }
-  });
+// The field `jobs: [[sweep, index, attempt], ...]` of DISPATCH, DRAIN and CREDIT.
+void pack_jobs(Packer& p, const std::vector<JobRef>& jobs) {
+  pack_key(p, "jobs");
+  p.pack_array(static_cast<uint32_t>(jobs.size()));
+  for (const auto& job : jobs) {
+    p.pack_array(3);
+    pack_job(p, job);
+  }
 }
 
-std::vector<JobRef> decode_jobs(std::string_view body, std::string_view what) {
-  const auto handle = unpack(body);
-  const MapReader r(handle.get(), what);
+std::vector<JobRef> read_jobs(const MapReader& r) {
   const auto& jobs = r.array("jobs");
   std::vector<JobRef> out;
   out.reserve(jobs.size);
   for (uint32_t i = 0; i < jobs.size; ++i) out.push_back(read_job(r, jobs.ptr[i], 3));
   return out;
+}
+
+std::string encode_jobs(const std::vector<JobRef>& jobs) {
+  return pack_map(1, [&](Packer& p) { pack_jobs(p, jobs); });
+}
+
+std::vector<JobRef> decode_jobs(std::string_view body, std::string_view what) {
+  const auto handle = unpack(body);
+  return read_jobs(MapReader(handle.get(), what));
 }
 
 }  // namespace
@@ -198,12 +204,7 @@ DrainMsg decode_drain(std::string_view body) { return DrainMsg{decode_jobs(body,
 std::string encode(const CreditMsg& msg) {
   return pack_map(2, [&](Packer& p) {
     pack_field(p, "prefetch", msg.prefetch);
-    pack_key(p, "jobs");
-    p.pack_array(static_cast<uint32_t>(msg.jobs.size()));
-    for (const auto& job : msg.jobs) {
-      p.pack_array(3);
-      pack_job(p, job);
-    }
+    pack_jobs(p, msg.jobs);
   });
 }
 
@@ -215,11 +216,7 @@ CreditMsg decode_credit(std::string_view body) {
     throw ProtocolError(fmt::format("CREDIT: field 'prefetch': expected 0 to {}, got {}",
                                     kMaxPrefetch, msg.prefetch));
   }
-  if (r.find("jobs") != nullptr) {
-    const auto& jobs = r.array("jobs");
-    msg.jobs.reserve(jobs.size);
-    for (uint32_t i = 0; i < jobs.size; ++i) msg.jobs.push_back(read_job(r, jobs.ptr[i], 3));
-  }
+  if (r.find("jobs") != nullptr) msg.jobs = read_jobs(r);
   return msg;
 }
 
@@ -228,12 +225,7 @@ std::string encode(const DispatchMsg& msg) {
   msgpack::sbuffer buffer;
   Packer p(buffer);
   p.pack_map(2);
-  pack_key(p, "jobs");
-  p.pack_array(static_cast<uint32_t>(msg.jobs.size()));
-  for (const auto& job : msg.jobs) {
-    p.pack_array(3);
-    pack_job(p, job);
-  }
+  pack_jobs(p, msg.jobs);
   pack_key(p, "specs");
   p.pack_map(static_cast<uint32_t>(msg.spec_bodies.size()));
   for (const auto& [sweep, body] : msg.spec_bodies) {
@@ -365,18 +357,22 @@ WelcomeMsg decode_welcome(std::string_view body) {
 DispatchMsg decode_dispatch(std::string_view body) {
   const auto handle = unpack(body);
   const MapReader r(handle.get(), "DISPATCH");
-  const auto& jobs = r.array("jobs");
-  DispatchMsg msg;
-  msg.jobs.reserve(jobs.size);
-  for (uint32_t i = 0; i < jobs.size; ++i) msg.jobs.push_back(read_job(r, jobs.ptr[i], 3));
+  DispatchMsg msg(read_jobs(r));
+  // Specs are an optimisation: one that cannot be read is reported, and its sweep's spec is
+  // read from Redis; the jobs are not dropped for it.
   if (const msgpack::object* specs = r.find("specs")) {
-    if (specs->type != msgpack::type::MAP) r.fail("specs", "map", *specs);
-    for (uint32_t i = 0; i < specs->via.map.size; ++i) {
-      const auto& entry = specs->via.map.ptr[i];
-      if (entry.key.type != msgpack::type::STR) r.fail("specs", "map of sweep ids", entry.key);
-      if (entry.val.type != msgpack::type::MAP) r.fail("specs", "a map per sweep", entry.val);
-      msg.specs.emplace_back(std::string(entry.key.via.str.ptr, entry.key.via.str.size),
-                             to_json(entry.val, "DISPATCH: field 'specs'"));
+    try {
+      if (specs->type != msgpack::type::MAP) r.fail("specs", "map", *specs);
+      for (uint32_t i = 0; i < specs->via.map.size; ++i) {
+        const auto& entry = specs->via.map.ptr[i];
+        if (entry.key.type != msgpack::type::STR) r.fail("specs", "map of sweep ids", entry.key);
+        if (entry.val.type != msgpack::type::MAP) r.fail("specs", "a map per sweep", entry.val);
+        msg.specs.emplace_back(std::string(entry.key.via.str.ptr, entry.key.via.str.size),
+                               to_json(entry.val, "DISPATCH: field 'specs'"));
+      }
+    } catch (const ProtocolError& e) {
+      msg.specs.clear();
+      msg.spec_problem = e.what();
     }
   }
   return msg;

@@ -49,6 +49,9 @@ class ChildProcess {
   std::optional<int> status_;
 };
 
+// "killed by signal 11 (SIGSEGV)": how every simq message names a signal that ended a process.
+std::string killed_by_signal(int sig);
+
 // Absolute path of this running program's directory (readlink /proc/self/exe).
 std::string own_directory();
 

@@ -114,6 +114,7 @@ struct DispatchMsg {
   // see encode_spec()); decoded into `specs`.
   std::vector<std::pair<std::string, std::string>> spec_bodies;
   std::vector<std::pair<std::string, Json>> specs;
+  std::string spec_problem;  // decoded: why `specs` was unreadable (then empty); "" if it was
 };
 
 // DRAIN: jobs a stopping worker hands back unstarted (run them elsewhere, same attempt).
