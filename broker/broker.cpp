@@ -234,12 +234,17 @@ void Broker::on_submit(const Envelope& message) {
     remember_spec(submit.sweep_id, encode_spec(spec.to_json()));  // as Redis has it
     dispatcher_.add_range(submit.sweep_id, 0, spec.total());
     ++counters_.submitted;
-    spdlog::info("sweep {} submitted: {} jobs of kernel {}", submit.sweep_id, spec.total(),
-                 spec.kernel);
+    // The jobs go out before the reply and the log line: the round trip of a job waits on its
+    // DISPATCH, not on SUBMITTED (its result is read from Redis).
+    dispatch();
   }
   const SubmittedMsg reply{submit.req, submit.sweep_id, spec.total(), !created};
   if (!send(frontend_, Command::kSubmitted, encode(reply), &message.identity)) {
     ++counters_.unroutable;
+  }
+  if (created) {
+    spdlog::info("sweep {} submitted: {} jobs of kernel {}", submit.sweep_id, spec.total(),
+                 spec.kernel);
   }
 }
 
