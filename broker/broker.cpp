@@ -165,6 +165,32 @@ void Broker::recover_sweep(const std::string& id) {
                info->total, running.size());
 }
 
+bool Broker::serving(const std::string& id) const {
+  if (dispatcher_.has_sweep(id)) return true;
+  if (std::any_of(unfenced_.begin(), unfenced_.end(),
+                  [&](const Requeue& r) { return r.job.sweep == id; })) {
+    return true;
+  }
+  for (auto delayed = delayed_; !delayed.empty(); delayed.pop()) {  // rare: no index kept
+    if (delayed.top().second.sweep == id) return true;
+  }
+  return false;
+}
+
+void Broker::adopt_sweep(const std::string& id) {
+  // Redis has the sweep, but this broker never queued it: most likely its own create, which
+  // Redis ran but whose reply was lost (a timeout, a cut connection), so the SUBMIT was refused
+  // and this resend is answered "existed". The client takes that answer as an acceptance: the
+  // sweep is queued as a recovered one would be. A finished or cancelled sweep is left alone.
+  const auto info = store_.sweep(id);
+  if (!info || info->status != "running") return;
+  spdlog::warn(
+      "sweep {} is running in Redis but was not queued here (a create whose reply was "
+      "lost?): queuing its unfinished jobs",
+      id);
+  recover_sweep(id);
+}
+
 void Broker::refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
                     const std::string& code, const std::string& message) {
   if (!send(socket, Command::kError, encode(ErrorMsg{req, code, message}), &identity)) {
@@ -220,6 +246,7 @@ void Broker::on_submit(const Envelope& message) {
   bool created = false;
   try {
     created = store_.create_sweep(submit.sweep_id, spec, options_.result_ttl_s);
+    if (!created && !serving(submit.sweep_id)) adopt_sweep(submit.sweep_id);
     redis_answered();
   } catch (const Error& e) {
     // Not recorded, so not acknowledged: the client retries.

@@ -78,6 +78,10 @@ class Broker {
   void recover();
   void recover_sweeps();
   void recover_sweep(const std::string& id);
+  // Whether a job of sweep `id` is queued, in flight, waiting for its fence or for a retry.
+  bool serving(const std::string& id) const;
+  // Queues the unfinished jobs of a sweep Redis has as running that this broker never queued.
+  void adopt_sweep(const std::string& id);
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);
   void on_submit(const Envelope& message);

@@ -227,6 +227,10 @@ uint64_t Dispatcher::in_flight_of(const std::string& sweep) const {
   return count;
 }
 
+bool Dispatcher::has_sweep(const std::string& sweep) const {
+  return sweep_handles_.contains(sweep);  // interned while entries or in-flight jobs name it
+}
+
 uint64_t Dispatcher::in_flight() const { return in_flight_.size(); }
 
 uint32_t Dispatcher::free_credit(const WorkerId& worker) const {

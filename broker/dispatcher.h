@@ -91,6 +91,7 @@ class Dispatcher {
   uint32_t in_flight(const WorkerId& worker) const;    // 0 for unknown workers
   uint32_t busy(const WorkerId& worker) const;  // slots still held by earlier jobs; 0 if unknown
   uint64_t in_flight_of(const std::string& sweep) const;
+  bool has_sweep(const std::string& sweep) const;  // any job of it queued or in flight
   size_t workers() const;
 
  private:

@@ -13,7 +13,10 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "client.h"
 #include "simq/protocol.h"
+#include "simq/store.h"
+#include "simq/sweep.h"
 #include "test_support.h"
 
 namespace simq::test {
@@ -88,6 +91,42 @@ TEST(Outage, FrozenRedisLosesNothingAndNoWorkerIsDeclaredDead) {
       10s));
   EXPECT_EQ(status["workers_lost"], 0) << cluster.logs();
   EXPECT_EQ(status["workers"].size(), 2u);
+}
+
+// A create Redis ran but whose reply the broker never got (a timeout, a cut connection) leaves
+// the sweep recorded as running while the SUBMIT was refused; the client's resend is answered
+// "existed" and taken as an acceptance. The sweeps are created here as such a create would.
+TEST(Outage, ASweepWhoseCreateReplyWasLostRunsWhenItsSubmitIsResent) {
+  TestCluster cluster;
+  Store store(RedisAddress::parse(cluster.redis().url()));
+  const SweepSpec spec = SweepSpec::from_json(
+      Json::parse(R"({"kernel": "noop", "grid": {"i": {"range": [0, 50]}}})"), "test");
+  const std::string sweep = new_sweep_id();
+  ASSERT_TRUE(store.create_sweep(sweep, spec, 0));
+
+  BrokerClient client(cluster.frontend());
+  const SubmitResult submitted = client.submit(sweep, spec, "test", 30s);
+  EXPECT_TRUE(submitted.reply.existed);
+  const auto waited = cluster.simq({"wait", sweep, "--timeout", "30"});
+  ASSERT_EQ(waited.status, 0) << waited.out << waited.err << cluster.logs();
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"}).str, "50");
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 50);
+
+  // Sent again once the sweep is done, and for a cancelled sweep: nothing runs again.
+  const auto again = client.submit(sweep, spec, "test", 30s);
+  EXPECT_TRUE(again.reply.existed);
+  const std::string cancelled = new_sweep_id();
+  ASSERT_TRUE(store.create_sweep(cancelled, spec, 0));
+  store.cancel_sweep(cancelled);
+  EXPECT_TRUE(client.submit(cancelled, spec, "test", 30s).reply.existed);
+  // A probe sweep submitted after them has run once both SUBMITs were handled.
+  const auto probe = client.submit(new_sweep_id(), spec, "test", 30s);
+  ASSERT_EQ(cluster.simq({"wait", probe.reply.sweep_id, "--timeout", "30"}).status, 0);
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + cancelled + ":jobs"}).integer, 0)
+      << cluster.logs();
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "duplicates"}).str, "0");
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "status"}).str, "done");
 }
 
 // A TCP listener that never accepts: connections complete (the kernel's backlog) but no

@@ -193,6 +193,26 @@ TEST(Dispatcher, NeverExceedsWorkerCredit) {
   EXPECT_GT(completed, 1000u);  // the run exercised the paths it claims to
 }
 
+TEST(Dispatcher, HasASweepWhileAJobOfItIsQueuedOrInFlight) {
+  Dispatcher d;
+  EXPECT_FALSE(d.has_sweep("s"));
+  d.add_range("s", 0, 2);
+  EXPECT_TRUE(d.has_sweep("s"));
+  d.add_worker("w", 2);
+  const auto out = d.dispatch(8);
+  ASSERT_EQ(out.size(), 1u);
+  ASSERT_EQ(out[0].jobs.size(), 2u);
+  EXPECT_EQ(d.queued(), 0u);
+  EXPECT_TRUE(d.has_sweep("s"));  // in flight only
+  EXPECT_TRUE(d.complete("w", out[0].jobs[0]));
+  EXPECT_TRUE(d.has_sweep("s"));
+  EXPECT_TRUE(d.complete("w", out[0].jobs[1]));
+  EXPECT_FALSE(d.has_sweep("s"));
+  d.add_range("t", 0, 1);
+  EXPECT_EQ(d.drop_sweep("t"), 1u);
+  EXPECT_FALSE(d.has_sweep("t"));
+}
+
 TEST(Dispatcher, FifoWithinAndAcrossSweeps) {
   Dispatcher d;
   d.add_range("a", 0, 3);
