@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <ostream>
 #include <streambuf>
@@ -21,9 +23,11 @@
 #include "consumer.h"
 #include "proc_stats.h"
 #include "simq/errors.h"
+#include "simq/hop_trace.h"
 #include "simq/signals.h"
 #include "simq/store.h"
 #include "simq/sweep.h"
+#include "simq/temp_dir.h"
 
 namespace simq::bench {
 
@@ -195,7 +199,92 @@ Json throughput(const FigureOptions& options) {
           {"jobs_per_s", static_cast<double>(options.jobs) / elapsed}};
 }
 
+namespace {
+
+// Sets $SIMQ_HOP_TRACE for this process and the programs it starts, while it lives.
+class HopTraceEnv {
+ public:
+  explicit HopTraceEnv(const std::string& path) { ::setenv("SIMQ_HOP_TRACE", path.c_str(), 1); }
+  ~HopTraceEnv() { ::unsetenv("SIMQ_HOP_TRACE"); }
+  HopTraceEnv(const HopTraceEnv&) = delete;
+  HopTraceEnv& operator=(const HopTraceEnv&) = delete;
+};
+
+// The stamps of the latency figure's jobs (simq/hop_trace.h), from every process, as the
+// median time of each point since "submit" and since the point it follows on the path. A
+// sample starts at a "submit" stamp; in it, a point's first stamp after the one of the point it
+// follows counts (a writer's reply may come after the next job was submitted).
+Json hop_breakdown(const std::string& path) {
+  struct Point {
+    const char* name;
+    size_t after;  // the point it follows
+  };
+  // "written" and "seen" both follow "writing": Redis answers the writer and wakes the
+  // consumer for the same write, in either order.
+  const std::vector<Point> points = {{hop::kSubmit, 0},         {hop::kBrokerReceived, 0},
+                                     {hop::kBrokerRecorded, 1}, {hop::kBrokerDispatched, 2},
+                                     {hop::kWorkerReceived, 3}, {hop::kSlotStarted, 4},
+                                     {hop::kSlotFinished, 5},   {hop::kWriterWriting, 6},
+                                     {hop::kWriterWritten, 7},  {hop::kSeen, 7}};
+  std::vector<std::pair<int64_t, std::string>> stamps;
+  std::ifstream in(path);
+  int64_t ns = 0;
+  std::string name;
+  while (in >> ns >> name) stamps.emplace_back(ns, std::move(name));
+  std::stable_sort(stamps.begin(), stamps.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+
+  std::vector<std::vector<double>> since(points.size());
+  std::vector<std::vector<double>> step(points.size());
+  std::vector<std::optional<int64_t>> sample(points.size());
+  const auto us = [](int64_t nanoseconds) { return static_cast<double>(nanoseconds) / 1e3; };
+  const auto close_sample = [&] {
+    for (size_t i = 1; i < points.size() && sample[0]; ++i) {
+      if (!sample[i]) continue;
+      since[i].push_back(us(*sample[i] - *sample[0]));
+      step[i].push_back(us(*sample[i] - *sample[points[i].after]));
+    }
+    std::fill(sample.begin(), sample.end(), std::nullopt);
+  };
+  for (const auto& [at, stamp] : stamps) {
+    const auto it =
+        std::find_if(points.begin(), points.end(), [&](const Point& p) { return stamp == p.name; });
+    if (it == points.end()) continue;
+    const auto i = static_cast<size_t>(it - points.begin());
+    if (i == 0) {
+      close_sample();
+      sample[0] = at;
+    } else if (!sample[i] && sample[it->after]) {
+      sample[i] = at;
+    }
+  }
+  close_sample();
+
+  Json hops = Json::array();
+  for (size_t i = 1; i < points.size(); ++i) {
+    if (since[i].empty()) continue;
+    std::sort(since[i].begin(), since[i].end());
+    std::sort(step[i].begin(), step[i].end());
+    hops.push_back({{"point", points[i].name},
+                    {"after", points[points[i].after].name},
+                    {"samples", since[i].size()},
+                    {"median_us", percentile(since[i], 0.50)},
+                    {"step_us", percentile(step[i], 0.50)}});
+  }
+  return hops;
+}
+
+}  // namespace
+
 Json latency(const FigureOptions& options) {
+  std::optional<TempDir> trace_dir;
+  std::string trace;
+  std::optional<HopTraceEnv> trace_env;  // the cluster's programs inherit it; this process
+  if (options.hops) {                    // stamps too (its first stamp opens the file)
+    trace_dir.emplace("simq-hops-");
+    trace = trace_dir->file("hops.txt");
+    trace_env.emplace(trace);
+  }
   const auto cluster = start_cluster(options, options.latency_workers, 0);
   Store store(RedisAddress::parse(cluster->redis_url()));
   BrokerClient client(cluster->frontend());
@@ -204,6 +293,7 @@ Json latency(const FigureOptions& options) {
   for (unsigned i = 0; i < options.latency_jobs; ++i) {
     if (stop_requested()) throw Error("latency: interrupted");
     const SweepSpec spec = make_spec("noop", {{"x", i}}, "", 1);
+    if (options.hops) hop_stamp(hop::kSubmit);
     const auto start = Clock::now();
     const std::string sweep = submit(client, spec);
     bool seen = false;
@@ -217,17 +307,20 @@ Json latency(const FigureOptions& options) {
       }
     }
     samples_ms.push_back(seconds_since(start) * 1e3);
+    if (options.hops) hop_stamp(hop::kSeen);
   }
   check_healthy(*cluster, "latency");
   double sum = 0;
   for (const double sample : samples_ms) sum += sample;
   std::sort(samples_ms.begin(), samples_ms.end());
-  return {{"samples", options.latency_jobs},
-          {"workers", cluster->workers()},
-          {"p50_ms", percentile(samples_ms, 0.50)},
-          {"p99_ms", percentile(samples_ms, 0.99)},
-          {"mean_ms", sum / static_cast<double>(samples_ms.size())},
-          {"max_ms", samples_ms.back()}};
+  Json result = {{"samples", options.latency_jobs},
+                 {"workers", cluster->workers()},
+                 {"p50_ms", percentile(samples_ms, 0.50)},
+                 {"p99_ms", percentile(samples_ms, 0.99)},
+                 {"mean_ms", sum / static_cast<double>(samples_ms.size())},
+                 {"max_ms", samples_ms.back()}};
+  if (options.hops) result["hops"] = hop_breakdown(trace);
+  return result;
 }
 
 Json cpu(const FigureOptions& options) {

@@ -21,6 +21,7 @@ struct FigureOptions {
   unsigned throughput_slots = 2;
   unsigned latency_jobs = 1000;  // latency: sequential one-job sweeps
   unsigned latency_workers = 2;
+  bool hops = false;  // latency: stamp each hop of every job (simq/hop_trace.h) and report them
   std::vector<unsigned> scaling_workers = {1, 2};  // cpu: one run per count, 1 slot each
   unsigned cpu_jobs = 24;             // cpu: mc_pi jobs per run (24: even for 1,2,3,4,6,8)
   uint64_t cpu_samples = 16'000'000;  // cpu: mc_pi samples per job (~0.2 s here: the run on
@@ -47,7 +48,8 @@ Json throughput(const FigureOptions& options);
 
 // options.latency_jobs one-job no-op sweeps, one after another: from before SUBMIT until the
 // job's completion is returned to a consumer blocked in XREAD BLOCK on the sweep's stream.
-// {samples, workers, p50_ms, p99_ms, mean_ms, max_ms}.
+// {samples, workers, p50_ms, p99_ms, mean_ms, max_ms}; with options.hops also
+// hops: [{point, after, samples, median_us (since submit), step_us (since `after`)}].
 Json latency(const FigureOptions& options);
 
 // The same CPU-bound sweep (mc_pi) on 1, then 2, ... workers of 1 slot each.

@@ -63,6 +63,7 @@ int run_bench(int argc, char** argv) {
   uint64_t cpu_samples = 0;
   uint64_t grid_jobs = 0;
   std::vector<unsigned> scaling_workers;
+  bool hops = false;
 
   app.add_option("--figures", figures, "figures to measure, comma-separated")
       ->delimiter(',')
@@ -79,6 +80,9 @@ int run_bench(int argc, char** argv) {
   app.add_option("--latency-jobs", latency_jobs,
                  "latency: sequential one-job sweeps (default 1000)")
       ->check(CLI::Range(1U, 10'000'000U));
+  app.add_flag("--hops", hops,
+               "latency: also stamp each hop of every job in client, broker and workers "
+               "(simq/hop_trace.h) and print the median time of each; a stamp costs ~1 us");
   app.add_option("--scaling-workers", scaling_workers,
                  "cpu: worker counts for the scaling curve, comma-separated (default 1,2; 1 is "
                  "always measured)")
@@ -121,6 +125,7 @@ int run_bench(int argc, char** argv) {
   if (cpu_samples != 0) options.cpu_samples = cpu_samples;
   if (grid_jobs != 0) options.grid_jobs = grid_jobs;
   if (!scaling_workers.empty()) options.scaling_workers = scaling_workers;
+  options.hops = hops;
   simq::install_stop_handlers();
 
   Json results = Json::object();
@@ -142,6 +147,7 @@ int run_bench(int argc, char** argv) {
 
   const auto rows = bench::make_rows(results, peers);
   bench::print_table(std::cout, rows, peers);
+  if (results.contains("latency")) bench::print_hops(std::cout, results["latency"]);
   std::cout.flush();
 
   const Json settings = {{"date", utc_now()},

@@ -176,6 +176,30 @@ std::vector<Row> make_rows(const Json& figures, const Json& peers) {
   return rows;
 }
 
+namespace {
+
+// A Markdown table, its columns padded to their widest cell.
+void print_markdown(std::ostream& out, const std::vector<std::string>& header,
+                    const std::vector<std::vector<std::string>>& cells) {
+  std::vector<size_t> widths(header.size());
+  for (size_t i = 0; i < header.size(); ++i) {
+    widths[i] = header[i].size();
+    for (const auto& line : cells) widths[i] = std::max(widths[i], line[i].size());
+  }
+  const auto print_line = [&](const std::vector<std::string>& line) {
+    out << "|";
+    for (size_t i = 0; i < line.size(); ++i) out << fmt::format(" {:<{}} |", line[i], widths[i]);
+    out << "\n";
+  };
+  print_line(header);
+  out << "|";
+  for (const size_t width : widths) out << std::string(width + 2, '-') << "|";
+  out << "\n";
+  for (const auto& line : cells) print_line(line);
+}
+
+}  // namespace
+
 void print_table(std::ostream& out, const std::vector<Row>& rows, const Json& peers) {
   const auto present = peers_present(peers);
   std::vector<std::string> header = {"figure", "measure", "simq", "target", "pass"};
@@ -200,21 +224,7 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Json& pe
     }
     cells.push_back(std::move(line));
   }
-  std::vector<size_t> widths(header.size());
-  for (size_t i = 0; i < header.size(); ++i) {
-    widths[i] = header[i].size();
-    for (const auto& line : cells) widths[i] = std::max(widths[i], line[i].size());
-  }
-  const auto print_line = [&](const std::vector<std::string>& line) {
-    out << "|";
-    for (size_t i = 0; i < line.size(); ++i) out << fmt::format(" {:<{}} |", line[i], widths[i]);
-    out << "\n";
-  };
-  print_line(header);
-  out << "|";
-  for (const size_t width : widths) out << std::string(width + 2, '-') << "|";
-  out << "\n";
-  for (const auto& line : cells) print_line(line);
+  print_markdown(out, header, cells);
   if (!present.empty()) {
     out << "Peer cells: the peer's figure (x simq's advantage: simq/peer for rates and speed-ups, "
            "peer/simq for times; above 1 = simq better).\n";
@@ -228,6 +238,19 @@ void print_table(std::ostream& out, const std::vector<Row>& rows, const Json& pe
                          figures.value("cpu.kernel", std::string("-")));
     }
   }
+}
+
+void print_hops(std::ostream& out, const Json& latency) {
+  if (!latency.contains("hops") || latency["hops"].empty()) return;
+  std::vector<std::vector<std::string>> cells;
+  for (const auto& hop : latency["hops"]) {
+    cells.push_back({hop["point"].get<std::string>(),
+                     fmt::format("{:.1f}", hop["median_us"].get<double>()),
+                     fmt::format("{:.1f}", hop["step_us"].get<double>()),
+                     hop["after"].get<std::string>(), hop["samples"].dump()});
+  }
+  out << "\nWhere the round trip goes (median of each stamp, microseconds; simq/hop_trace.h):\n";
+  print_markdown(out, {"point", "since submit", "step", "step from", "samples"}, cells);
 }
 
 Json report_json(const Json& settings, const Json& figures, const std::vector<Row>& rows,

@@ -32,6 +32,10 @@ std::vector<Row> make_rows(const Json& figures, const Json& peers);
 // peer's figure and simq's advantage ("765 (×131)": above 1 means simq is better).
 void print_table(std::ostream& out, const std::vector<Row>& rows, const Json& peers);
 
+// The latency figure's hops (figures.h), when measured: a table of each point's median time
+// since "submit" and since the point before it. Prints nothing without them.
+void print_hops(std::ostream& out, const Json& latency);
+
 // Everything as one JSON document: settings, figures, rows (with pass and peer ratios), peers.
 Json report_json(const Json& settings, const Json& figures, const std::vector<Row>& rows,
                  const Json& peers);

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "simq/errors.h"
+#include "simq/hop_trace.h"
 #include "simq/signals.h"
 
 namespace simq {
@@ -226,6 +227,7 @@ void Broker::on_frontend(const Envelope& message) {
 }
 
 void Broker::on_submit(const Envelope& message) {
+  hop_stamp(hop::kBrokerReceived);
   const auto submit = decode_submit(message.body);
   SweepSpec spec;
   try {
@@ -246,6 +248,7 @@ void Broker::on_submit(const Envelope& message) {
   bool created = false;
   try {
     created = store_.create_sweep(submit.sweep_id, spec, options_.result_ttl_s);
+    hop_stamp(hop::kBrokerRecorded);
     if (!created && !serving(submit.sweep_id)) adopt_sweep(submit.sweep_id);
     redis_answered();
   } catch (const Error& e) {
@@ -540,6 +543,7 @@ void Broker::dispatch() {
           message.spec_bodies.emplace_back(job.sweep, spec->second);
         }
       }
+      hop_stamp(hop::kBrokerDispatched);
       send_to_worker(assignment.worker, Command::kDispatch, encode(message));
     }
   }

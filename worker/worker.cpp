@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "simq/errors.h"
+#include "simq/hop_trace.h"
 #include "simq/protocol.h"
 #include "simq/signals.h"
 
@@ -562,6 +563,7 @@ void Worker::on_unknown_worker(Connection& connection, bool stopping) {
 }
 
 void Worker::on_dispatch(Connection& connection, std::string_view body, bool stopping) {
+  hop_stamp(hop::kWorkerReceived);
   DispatchMsg dispatch = decode_dispatch(body);
   if (stopping) {
     // Sent before the broker heard our DRAIN: handed straight back.
@@ -832,6 +834,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
   while (const auto job = jobs_.pop(stop)) {
     // Every job taken ends in exactly one report (a DONE) unless a stop hands it back: a job
     // left without one would stay in flight on the broker, and busy after a reconnection.
+    hop_stamp(hop::kSlotStarted);
     const std::stop_token job_stop = running_.take(slot, *job);
     if (stop.stop_requested()) running_.stop_unstarted();  // a stop came between pop and take
     Outcome outcome;
@@ -851,6 +854,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
         outcome.write = JobWrite{*job, false, {}, false};  // reported DONE without a record
       }
     }
+    hop_stamp(hop::kSlotFinished);
     running_.release(slot);
     finished_ns_.fetch_add(
         static_cast<uint64_t>(
@@ -1266,7 +1270,9 @@ void Worker::writer_loop(const std::stop_token& stop) {
 
     bool written = false;
     try {
+      hop_stamp(hop::kWriterWriting);
       write_batch(marks, finished, retry, refusals >= kMaxRefusals);
+      hop_stamp(hop::kWriterWritten);
       written = true;
     } catch (const StoreError& e) {  // keep the batch and retry; then each sweep on its own
       ++refusals;

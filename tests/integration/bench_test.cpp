@@ -95,5 +95,41 @@ TEST(Bench, SmokeRunMeasuresEveryFigure) {
       << "simq-bench left processes behind: " << ::testing::PrintToString(still_running(started));
 }
 
+TEST(Bench, HopsOfTheLatencyFigureFollowTheJobsPath) {
+  TempDir dir;
+  const std::string json_path = dir.file("bench.json");
+  const auto run = run_command({bin("simq-bench"), "--smoke", "--figures", "latency", "--hops",
+                                "--json", json_path, "--png", ""},
+                               120s);
+  ASSERT_EQ(run.status, 0) << run.err;
+  EXPECT_THAT(run.out, HasSubstr("Where the round trip goes"));
+  EXPECT_THAT(run.out, HasSubstr("| slot.started"));
+
+  const Json latency = Json::parse(read_file(json_path))["figures"]["latency"];
+  const Json& hops = latency["hops"];
+  const std::vector<std::string> path = {"broker.received", "broker.recorded", "broker.dispatched",
+                                         "worker.received", "slot.started",    "slot.finished",
+                                         "writer.writing",  "writer.written",  "seen"};
+  ASSERT_EQ(hops.size(), path.size()) << hops.dump(2);
+  double before = 0;
+  for (size_t i = 0; i < path.size(); ++i) {
+    EXPECT_EQ(hops[i]["point"], path[i]) << hops.dump(2);
+    if (path[i] == "writer.written") {
+      // Its reply may come after the next job was submitted: then that sample has none.
+      EXPECT_GE(hops[i]["samples"].get<int>(), 1);
+      continue;
+    }
+    // Each stamp causes the next one: every job has them all, in the path's order.
+    EXPECT_EQ(hops[i]["samples"], 50) << path[i];
+    const double since = hops[i]["median_us"].get<double>();
+    EXPECT_GT(since, before) << path[i] << ": " << hops.dump(2);
+    EXPECT_GT(hops[i]["step_us"].get<double>(), 0) << path[i];
+    before = since;
+  }
+  // The last stamp is taken as the round trip's clock stops: their medians agree.
+  const double p50_us = latency["p50_ms"].get<double>() * 1e3;
+  EXPECT_NEAR(hops[path.size() - 1]["median_us"].get<double>(), p50_us, 0.2 * p50_us);
+}
+
 }  // namespace
 }  // namespace simq::test
