@@ -16,6 +16,7 @@
 #include <ostream>
 #include <streambuf>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 
 #include "client.h"
@@ -210,10 +211,9 @@ class HopTraceEnv {
   HopTraceEnv& operator=(const HopTraceEnv&) = delete;
 };
 
-// The stamps of the latency figure's jobs (simq/hop_trace.h), from every process, as the
-// median time of each point since "submit" and since the point it follows on the path. A
-// sample starts at a "submit" stamp; in it, a point's first stamp after the one of the point it
-// follows counts (a writer's reply may come after the next job was submitted).
+// The stamps of the latency figure's jobs (simq/hop_trace.h), from every process, grouped by
+// job: the median time of each point since the job's "submit" and since the point it follows
+// on the path. A point's first stamp for a job counts; jobs without "submit" are not counted.
 Json hop_breakdown(const std::string& path) {
   struct Point {
     const char* name;
@@ -226,39 +226,33 @@ Json hop_breakdown(const std::string& path) {
                                      {hop::kWorkerReceived, 3}, {hop::kSlotStarted, 4},
                                      {hop::kSlotFinished, 5},   {hop::kWriterWriting, 6},
                                      {hop::kWriterWritten, 7},  {hop::kSeen, 7}};
-  std::vector<std::pair<int64_t, std::string>> stamps;
+  std::unordered_map<std::string, std::vector<std::optional<int64_t>>> jobs;
   std::ifstream in(path);
-  int64_t ns = 0;
+  int64_t at = 0;
   std::string name;
-  while (in >> ns >> name) stamps.emplace_back(ns, std::move(name));
-  std::stable_sort(stamps.begin(), stamps.end(),
-                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::string sweep;
+  uint64_t index = 0;
+  while (in >> at >> name >> sweep >> index) {
+    const auto point =
+        std::find_if(points.begin(), points.end(), [&](const Point& p) { return name == p.name; });
+    if (point == points.end()) continue;
+    auto& stamps = jobs[sweep + " " + std::to_string(index)];
+    stamps.resize(points.size());
+    auto& stamp = stamps[static_cast<size_t>(point - points.begin())];
+    if (!stamp || at < *stamp) stamp = at;
+  }
 
   std::vector<std::vector<double>> since(points.size());
   std::vector<std::vector<double>> step(points.size());
-  std::vector<std::optional<int64_t>> sample(points.size());
   const auto us = [](int64_t nanoseconds) { return static_cast<double>(nanoseconds) / 1e3; };
-  const auto close_sample = [&] {
-    for (size_t i = 1; i < points.size() && sample[0]; ++i) {
-      if (!sample[i]) continue;
-      since[i].push_back(us(*sample[i] - *sample[0]));
-      step[i].push_back(us(*sample[i] - *sample[points[i].after]));
-    }
-    std::fill(sample.begin(), sample.end(), std::nullopt);
-  };
-  for (const auto& [at, stamp] : stamps) {
-    const auto it =
-        std::find_if(points.begin(), points.end(), [&](const Point& p) { return stamp == p.name; });
-    if (it == points.end()) continue;
-    const auto i = static_cast<size_t>(it - points.begin());
-    if (i == 0) {
-      close_sample();
-      sample[0] = at;
-    } else if (!sample[i] && sample[it->after]) {
-      sample[i] = at;
+  for (const auto& [job, stamps] : jobs) {
+    if (!stamps[0]) continue;
+    for (size_t i = 1; i < points.size(); ++i) {
+      if (!stamps[i]) continue;
+      since[i].push_back(us(*stamps[i] - *stamps[0]));
+      if (const auto& before = stamps[points[i].after]) step[i].push_back(us(*stamps[i] - *before));
     }
   }
-  close_sample();
 
   Json hops = Json::array();
   for (size_t i = 1; i < points.size(); ++i) {
@@ -269,7 +263,7 @@ Json hop_breakdown(const std::string& path) {
                     {"after", points[points[i].after].name},
                     {"samples", since[i].size()},
                     {"median_us", percentile(since[i], 0.50)},
-                    {"step_us", percentile(step[i], 0.50)}});
+                    {"step_us", step[i].empty() ? 0.0 : percentile(step[i], 0.50)}});
   }
   return hops;
 }
@@ -293,9 +287,14 @@ Json latency(const FigureOptions& options) {
   for (unsigned i = 0; i < options.latency_jobs; ++i) {
     if (stop_requested()) throw Error("latency: interrupted");
     const SweepSpec spec = make_spec("noop", {{"x", i}}, "", 1);
-    if (options.hops) hop_stamp(hop::kSubmit);
     const auto start = Clock::now();
-    const std::string sweep = submit(client, spec);
+    const std::string sweep = submit_under_fresh_id(
+                                  [&](const std::string& id) {
+                                    hop_stamp(hop::kSubmit, id, 0);
+                                    return client.submit(id, spec, kWhat, kSubmitTimeout);
+                                  },
+                                  new_sweep_id)
+                                  .sweep_id;
     bool seen = false;
     while (!seen) {
       const auto events = store.read_events(sweep, "0", kLatencyBlock, 16);
@@ -307,7 +306,7 @@ Json latency(const FigureOptions& options) {
       }
     }
     samples_ms.push_back(seconds_since(start) * 1e3);
-    if (options.hops) hop_stamp(hop::kSeen);
+    hop_stamp(hop::kSeen, sweep, 0);
   }
   check_healthy(*cluster, "latency");
   double sum = 0;

@@ -179,17 +179,64 @@ bool Broker::serving(const std::string& id) const {
 }
 
 void Broker::adopt_sweep(const std::string& id) {
-  // Redis has the sweep, but this broker never queued it: most likely its own create, which
-  // Redis ran but whose reply was lost (a timeout, a cut connection), so the SUBMIT was refused
-  // and this resend is answered "existed". The client takes that answer as an acceptance: the
-  // sweep is queued as a recovered one would be. A finished or cancelled sweep is left alone.
+  // Redis has the sweep as running, but this broker holds none of its jobs: its own create,
+  // which Redis ran but whose reply was lost (a timeout, a cut connection), or records Redis
+  // lost in a restart after their DONE came. The sweep is queued as a recovered one would be.
+  // A finished or cancelled sweep is left alone. Throws as the store does.
   const auto info = store_.sweep(id);
   if (!info || info->status != "running") return;
   spdlog::warn(
-      "sweep {} is running in Redis but was not queued here (a create whose reply was "
-      "lost?): queuing its unfinished jobs",
+      "sweep {} is running in Redis but none of its jobs is queued here (a create "
+      "whose reply was lost, or records lost by Redis?): queuing its unfinished jobs",
       id);
   recover_sweep(id);
+  // Workers read an unreadable spec from Redis, and fail its jobs saying what is wrong.
+  begin_serving(id, Json::parse(info->spec, nullptr, /*allow_exceptions=*/false));
+}
+
+void Broker::begin_serving(const std::string& id, const Json& spec) {
+  // The id may have been used before (the old sweep expired): its spec and its cancel are
+  // forgotten, or workers could run the old spec and hand-backs of new jobs be dropped.
+  if (spec.is_discarded()) {
+    forget_spec(id);
+  } else {
+    remember_spec(id, encode_spec(spec));
+  }
+  if (cancelled_.erase(id) > 0) std::erase(cancelled_order_, id);
+}
+
+void Broker::dispatch_early() {
+  try {
+    dispatch();
+  } catch (const std::exception& e) {  // the loop dispatches again; the SUBMIT is answered
+    spdlog::error("cannot dispatch yet: {}", e.what());
+  }
+}
+
+void Broker::reconcile() {
+  // After an outage: a sweep Redis has as running that this broker does not serve lost its
+  // jobs here (a create whose reply was lost and whose producer gave up; records a restarted
+  // Redis lost after their DONE). Each is queued again; one that cannot be read is skipped.
+  std::vector<std::string> active;
+  try {
+    active = store_.active_sweeps();
+  } catch (const ConnectError& e) {
+    redis_failed(e);  // tried again when Redis answers
+    return;
+  }
+  reconcile_due_ = false;
+  for (const auto& id : active) {
+    if (serving(id)) continue;
+    try {
+      adopt_sweep(id);
+    } catch (const ConnectError& e) {
+      redis_failed(e);
+      reconcile_due_ = true;
+      return;
+    } catch (const std::exception& e) {
+      spdlog::error("sweep {} is running in Redis but cannot be queued: {}", id, e.what());
+    }
+  }
 }
 
 void Broker::refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
@@ -227,8 +274,8 @@ void Broker::on_frontend(const Envelope& message) {
 }
 
 void Broker::on_submit(const Envelope& message) {
-  hop_stamp(hop::kBrokerReceived);
   const auto submit = decode_submit(message.body);
+  hop_stamp(hop::kBrokerReceived, submit.sweep_id, 0);
   SweepSpec spec;
   try {
     spec = SweepSpec::from_json(submit.spec, "SUBMIT spec");
@@ -248,8 +295,7 @@ void Broker::on_submit(const Envelope& message) {
   bool created = false;
   try {
     created = store_.create_sweep(submit.sweep_id, spec, options_.result_ttl_s);
-    hop_stamp(hop::kBrokerRecorded);
-    if (!created && !serving(submit.sweep_id)) adopt_sweep(submit.sweep_id);
+    hop_stamp(hop::kBrokerRecorded, submit.sweep_id, 0);
     redis_answered();
   } catch (const Error& e) {
     // Not recorded, so not acknowledged: the client retries.
@@ -261,12 +307,31 @@ void Broker::on_submit(const Envelope& message) {
     return;
   }
   if (created) {
-    remember_spec(submit.sweep_id, encode_spec(spec.to_json()));  // as Redis has it
+    begin_serving(submit.sweep_id, spec.to_json());  // the spec as Redis has it
     dispatcher_.add_range(submit.sweep_id, 0, spec.total());
     ++counters_.submitted;
     // The jobs go out before the reply and the log line: the round trip of a job waits on its
-    // DISPATCH, not on SUBMITTED (its result is read from Redis).
-    dispatch();
+    // DISPATCH, not on SUBMITTED (its result is read from Redis). Unless jobs wait for their
+    // fence: those go first, from the loop.
+    if (unfenced_.empty()) dispatch_early();
+  } else if (!serving(submit.sweep_id)) {
+    // "existed", and none of its jobs here: perhaps a create Redis ran whose reply was lost.
+    try {
+      adopt_sweep(submit.sweep_id);
+    } catch (const ConnectError& e) {
+      redis_failed(e);
+      refuse(frontend_, message.identity, submit.req, "store_unavailable",
+             fmt::format("sweep {} is recorded in Redis at {} but could not be read back: {}",
+                         submit.sweep_id, options_.redis.url(), e.what()));
+      return;
+    } catch (const std::exception& e) {
+      spdlog::error("sweep {} is recorded in Redis but cannot be queued: {}", submit.sweep_id,
+                    e.what());
+      refuse(frontend_, message.identity, submit.req, "internal",
+             fmt::format("sweep {} is recorded in Redis but cannot be queued: {}", submit.sweep_id,
+                         e.what()));
+      return;
+    }
   }
   const SubmittedMsg reply{submit.req, submit.sweep_id, spec.total(), !created};
   if (!send(frontend_, Command::kSubmitted, encode(reply), &message.identity)) {
@@ -521,6 +586,7 @@ void Broker::redis_answered() {
   if (outage_.since == 0) return;
   outage_.last_seconds = unix_time() - outage_.since;
   outage_.since = 0;
+  reconcile_due_ = true;
   spdlog::info("Redis at {} is reachable again after {:.1f} s", options_.redis.url(),
                outage_.last_seconds);
 }
@@ -543,13 +609,16 @@ void Broker::dispatch() {
           message.spec_bodies.emplace_back(job.sweep, spec->second);
         }
       }
-      hop_stamp(hop::kBrokerDispatched);
+      if (hop_tracing()) {
+        for (const auto& job : message.jobs)
+          hop_stamp(hop::kBrokerDispatched, job.sweep, job.index);
+      }
       send_to_worker(assignment.worker, Command::kDispatch, encode(message));
     }
   }
 }
 
-void Broker::remember_spec(const std::string& sweep, std::string body) {
+void Broker::forget_spec(const std::string& sweep) {
   // A sweep id used again (the old sweep expired): no worker may get the old spec for it.
   for (auto& [id, worker] : workers_) worker.specs_sent.erase(sweep);
   if (const auto old = inline_specs_.find(sweep); old != inline_specs_.end()) {
@@ -557,6 +626,10 @@ void Broker::remember_spec(const std::string& sweep, std::string body) {
     inline_specs_.erase(old);
     std::erase(inline_order_, sweep);
   }
+}
+
+void Broker::remember_spec(const std::string& sweep, std::string body) {
+  forget_spec(sweep);
   if (body.size() > kInlineSpecMaxBytes) return;
   inline_bytes_ += body.size();
   inline_specs_.emplace(sweep, std::move(body));
@@ -684,6 +757,7 @@ void Broker::run() {
     }
     release_due_retries(now_ms());
     fence_pending();
+    if (reconcile_due_) reconcile();
     dispatch();
     const int64_t now = now_ms();
     if (now >= next_tick) {

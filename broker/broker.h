@@ -82,6 +82,13 @@ class Broker {
   bool serving(const std::string& id) const;
   // Queues the unfinished jobs of a sweep Redis has as running that this broker never queued.
   void adopt_sweep(const std::string& id);
+  // From now on sweep `id` (of `spec`; discarded if unreadable) is served here: its spec goes
+  // out with DISPATCH, and an older sweep of the id no longer counts as cancelled.
+  void begin_serving(const std::string& id, const Json& spec);
+  // dispatch() from a handler: a failure is logged, not answered to the client.
+  void dispatch_early();
+  // Adopts every sweep Redis has as running that is not served here (after an outage).
+  void reconcile();
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);
   void on_submit(const Envelope& message);
@@ -103,6 +110,8 @@ class Broker {
   // Keeps a new sweep's spec (MessagePack) for the first DISPATCH of it to each worker, if it is
   // small; the oldest are forgotten past kInlineSpecsBytes (workers then read them from Redis).
   void remember_spec(const std::string& sweep, std::string body);
+  // Drops sweep's spec kept for DISPATCH, and which workers had it.
+  void forget_spec(const std::string& sweep);
   void heartbeat(int64_t now_ms);
   void publish_status();
 
@@ -121,6 +130,7 @@ class Broker {
   BrokerCounters counters_;
   RedisOutage outage_;
   bool status_unpublished_ = false;  // the last status snapshot could not be written
+  bool reconcile_due_ = false;       // an outage ended: look for sweeps nobody serves
 
   // Jobs that will run as a higher attempt once their fence is in Redis (lost workers,
   // recovered running jobs, retries whose delay is over), oldest first.

@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
-#include <random>
 #include <string>
 #include <string_view>
 #include <zmq.hpp>
@@ -43,7 +42,6 @@ class Backoff {
   std::chrono::milliseconds first_;
   std::chrono::milliseconds max_;
   std::chrono::milliseconds current_;
-  std::minstd_rand random_;
 };
 
 // What BrokerClient::submit() got back.

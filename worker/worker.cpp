@@ -563,8 +563,10 @@ void Worker::on_unknown_worker(Connection& connection, bool stopping) {
 }
 
 void Worker::on_dispatch(Connection& connection, std::string_view body, bool stopping) {
-  hop_stamp(hop::kWorkerReceived);
   DispatchMsg dispatch = decode_dispatch(body);
+  if (hop_tracing()) {
+    for (const auto& job : dispatch.jobs) hop_stamp(hop::kWorkerReceived, job.sweep, job.index);
+  }
   if (stopping) {
     // Sent before the broker heard our DRAIN: handed straight back.
     spdlog::debug("stopping: handing back {} dispatched jobs", dispatch.jobs.size());
@@ -834,7 +836,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
   while (const auto job = jobs_.pop(stop)) {
     // Every job taken ends in exactly one report (a DONE) unless a stop hands it back: a job
     // left without one would stay in flight on the broker, and busy after a reconnection.
-    hop_stamp(hop::kSlotStarted);
+    hop_stamp(hop::kSlotStarted, job->sweep, job->index);
     const std::stop_token job_stop = running_.take(slot, *job);
     if (stop.stop_requested()) running_.stop_unstarted();  // a stop came between pop and take
     Outcome outcome;
@@ -854,7 +856,7 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
         outcome.write = JobWrite{*job, false, {}, false};  // reported DONE without a record
       }
     }
-    hop_stamp(hop::kSlotFinished);
+    hop_stamp(hop::kSlotFinished, job->sweep, job->index);
     running_.release(slot);
     finished_ns_.fetch_add(
         static_cast<uint64_t>(
@@ -1228,6 +1230,15 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
 // ---------------------------------------------------------------------------------------
 // Writer thread
 
+namespace {
+
+void stamp_hops(const char* point, const std::vector<JobWrite>& writes) {
+  if (!hop_tracing()) return;
+  for (const auto& write : writes) hop_stamp(point, write.job.sweep, write.job.index);
+}
+
+}  // namespace
+
 void Worker::writer_loop(const std::stop_token& stop) {
   zmq::socket_t done_out(context_, zmq::socket_type::pair);
   configure_socket(done_out);
@@ -1270,9 +1281,9 @@ void Worker::writer_loop(const std::stop_token& stop) {
 
     bool written = false;
     try {
-      hop_stamp(hop::kWriterWriting);
+      stamp_hops(hop::kWriterWriting, finished);
       write_batch(marks, finished, retry, refusals >= kMaxRefusals);
-      hop_stamp(hop::kWriterWritten);
+      stamp_hops(hop::kWriterWritten, finished);
       written = true;
     } catch (const StoreError& e) {  // keep the batch and retry; then each sweep on its own
       ++refusals;

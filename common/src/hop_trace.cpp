@@ -11,24 +11,29 @@ namespace simq {
 
 namespace {
 
-int open_trace() noexcept {
-  const char* path = std::getenv("SIMQ_HOP_TRACE");
-  if (path == nullptr || *path == '\0') return -1;
-  return ::open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+int trace_fd() noexcept {
+  static const int fd = [] {
+    const char* path = std::getenv("SIMQ_HOP_TRACE");
+    if (path == nullptr || *path == '\0') return -1;
+    return ::open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  }();
+  return fd;
 }
 
 }  // namespace
 
-void hop_stamp(const char* point) noexcept {
-  static const int fd = open_trace();
+bool hop_tracing() noexcept { return trace_fd() >= 0; }
+
+void hop_stamp(const char* point, std::string_view sweep, uint64_t index) noexcept {
+  const int fd = trace_fd();
   if (fd < 0) return;
   timespec now{};
   ::clock_gettime(CLOCK_MONOTONIC, &now);
-  char line[96];
+  char line[160];
   const int length = std::snprintf(
-      line, sizeof line, "%lld %s\n",
+      line, sizeof line, "%lld %s %.*s %llu\n",
       static_cast<long long>(now.tv_sec) * 1'000'000'000LL + static_cast<long long>(now.tv_nsec),
-      point);
+      point, static_cast<int>(sweep.size()), sweep.data(), static_cast<unsigned long long>(index));
   if (length > 0 && static_cast<size_t>(length) < sizeof line) {
     // One write with O_APPEND: lines of several processes do not interleave.
     [[maybe_unused]] const auto written = ::write(fd, line, static_cast<size_t>(length));

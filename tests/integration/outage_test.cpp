@@ -23,6 +23,7 @@ namespace simq::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(Outage, BrokerRefusesSubmissionsItCannotRecord) {
   TestCluster cluster({.workers = 0});
@@ -127,6 +128,57 @@ TEST(Outage, ASweepWhoseCreateReplyWasLostRunsWhenItsSubmitIsResent) {
       << cluster.logs();
   EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "duplicates"}).str, "0");
   EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "status"}).str, "done");
+}
+
+TEST(Outage, AResentSubmitOfASweepInFlightQueuesNothingAgain) {
+  // The broker holds jobs of the sweep (queued and in flight): "existed" adopts nothing.
+  TestCluster cluster;
+  const SweepSpec spec =
+      SweepSpec::from_json(Json::parse(R"({"kernel": "sleep", "params": {"seconds": 0.05},
+                      "grid": {"i": {"range": [0, 40]}}})"),
+                           "test");
+  BrokerClient client(cluster.frontend());
+  const std::string sweep = new_sweep_id();
+  EXPECT_FALSE(client.submit(sweep, spec, "test", 30s).reply.existed);
+  auto redis = cluster.redis().connect();
+  const auto finished = [&] {
+    return std::stoi(redis->command({"HGET", "simq:sweep:" + sweep, "succeeded"}).str);
+  };
+  ASSERT_TRUE(wait_until([&] { return finished() >= 4; }, 30s)) << cluster.logs();
+  ASSERT_LT(finished(), 40) << "the sweep ended before the resend: the check proves nothing";
+  EXPECT_TRUE(client.submit(sweep, spec, "test", 30s).reply.existed);
+
+  const auto waited = cluster.simq({"wait", sweep, "--timeout", "60"});
+  ASSERT_EQ(waited.status, 0) << waited.out << waited.err << cluster.logs();
+  EXPECT_EQ(finished(), 40);
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "duplicates"}).str, "0")
+      << cluster.logs();
+  EXPECT_THAT(cluster.logs(), Not(HasSubstr("none of its jobs is queued here")));
+}
+
+TEST(Outage, ASweepNobodyServesIsQueuedWhenRedisAnswersAgain) {
+  // A create Redis ran but whose reply was lost, and whose producer gave up: no resend ever
+  // comes. (Or records a restarted Redis lost after their DONE.) The broker looks for such
+  // sweeps when an outage it noticed ends.
+  TestCluster cluster;
+  Store store(RedisAddress::parse(cluster.redis().url()));
+  const SweepSpec spec = SweepSpec::from_json(
+      Json::parse(R"({"kernel": "noop", "grid": {"i": {"range": [0, 30]}}})"), "test");
+  const std::string sweep = new_sweep_id();
+  ASSERT_TRUE(store.create_sweep(sweep, spec, 0));
+
+  const auto pids =
+      processes_matching(fmt::format("redis-server 127.0.0.1:{}", cluster.redis().port()));
+  ASSERT_EQ(pids.size(), 1u);
+  ::kill(pids[0], SIGSTOP);
+  std::this_thread::sleep_for(1500ms);  // the outage: the broker's status writes time out
+  ::kill(pids[0], SIGCONT);
+
+  const auto waited = cluster.simq({"wait", sweep, "--timeout", "30"});
+  ASSERT_EQ(waited.status, 0) << waited.out << waited.err << cluster.logs();
+  auto redis = cluster.redis().connect();
+  EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 30);
+  EXPECT_THAT(cluster.logs(), HasSubstr("is reachable again"));
 }
 
 // A TCP listener that never accepts: connections complete (the kernel's backlog) but no
