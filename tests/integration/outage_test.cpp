@@ -94,16 +94,28 @@ TEST(Outage, FrozenRedisLosesNothingAndNoWorkerIsDeclaredDead) {
   EXPECT_EQ(status["workers"].size(), 2u);
 }
 
+// A no-op grid sweep of `jobs` jobs.
+SweepSpec noop_sweep(uint64_t jobs) {
+  return SweepSpec::from_json(Json{{"kernel", "noop"}, {"grid", {{"i", {{"range", {0, jobs}}}}}}},
+                              "test");
+}
+
+// Records a sweep in Redis as a create whose reply the broker never got would leave it: the
+// broker holds none of its jobs. Returns its id.
+std::string record_behind_the_brokers_back(TestCluster& cluster, const SweepSpec& spec) {
+  Store store(RedisAddress::parse(cluster.redis().url()));
+  const std::string sweep = new_sweep_id();
+  EXPECT_TRUE(store.create_sweep(sweep, spec, 0));
+  return sweep;
+}
+
 // A create Redis ran but whose reply the broker never got (a timeout, a cut connection) leaves
 // the sweep recorded as running while the SUBMIT was refused; the client's resend is answered
 // "existed" and taken as an acceptance. The sweeps are created here as such a create would.
 TEST(Outage, ASweepWhoseCreateReplyWasLostRunsWhenItsSubmitIsResent) {
   TestCluster cluster;
-  Store store(RedisAddress::parse(cluster.redis().url()));
-  const SweepSpec spec = SweepSpec::from_json(
-      Json::parse(R"({"kernel": "noop", "grid": {"i": {"range": [0, 50]}}})"), "test");
-  const std::string sweep = new_sweep_id();
-  ASSERT_TRUE(store.create_sweep(sweep, spec, 0));
+  const SweepSpec spec = noop_sweep(50);
+  const std::string sweep = record_behind_the_brokers_back(cluster, spec);
 
   BrokerClient client(cluster.frontend());
   const SubmitResult submitted = client.submit(sweep, spec, "test", 30s);
@@ -117,9 +129,8 @@ TEST(Outage, ASweepWhoseCreateReplyWasLostRunsWhenItsSubmitIsResent) {
   // Sent again once the sweep is done, and for a cancelled sweep: nothing runs again.
   const auto again = client.submit(sweep, spec, "test", 30s);
   EXPECT_TRUE(again.reply.existed);
-  const std::string cancelled = new_sweep_id();
-  ASSERT_TRUE(store.create_sweep(cancelled, spec, 0));
-  store.cancel_sweep(cancelled);
+  const std::string cancelled = record_behind_the_brokers_back(cluster, spec);
+  Store(RedisAddress::parse(cluster.redis().url())).cancel_sweep(cancelled);
   EXPECT_TRUE(client.submit(cancelled, spec, "test", 30s).reply.existed);
   // A probe sweep submitted after them has run once both SUBMITs were handled.
   const auto probe = client.submit(new_sweep_id(), spec, "test", 30s);
@@ -161,11 +172,7 @@ TEST(Outage, ASweepNobodyServesIsQueuedWhenRedisAnswersAgain) {
   // comes. (Or records a restarted Redis lost after their DONE.) The broker looks for such
   // sweeps when an outage it noticed ends.
   TestCluster cluster;
-  Store store(RedisAddress::parse(cluster.redis().url()));
-  const SweepSpec spec = SweepSpec::from_json(
-      Json::parse(R"({"kernel": "noop", "grid": {"i": {"range": [0, 30]}}})"), "test");
-  const std::string sweep = new_sweep_id();
-  ASSERT_TRUE(store.create_sweep(sweep, spec, 0));
+  const std::string sweep = record_behind_the_brokers_back(cluster, noop_sweep(30));
 
   const auto pids =
       processes_matching(fmt::format("redis-server 127.0.0.1:{}", cluster.redis().port()));
