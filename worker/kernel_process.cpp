@@ -19,6 +19,7 @@
 #include <csignal>
 #include <cstring>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "child_process_tools.h"
@@ -215,6 +216,28 @@ void ProcessRunner::prepare() {
   }
 }
 
+void ProcessRunner::start_for_job() {
+  // fork may fail for a moment (a process limit, memory): a few tries before giving up.
+  std::string why;
+  for (int attempt = 1; attempt <= kStartAttempts; ++attempt) {
+    try {
+      start();
+      return;
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    if (attempt < kStartAttempts) std::this_thread::sleep_for(kStartRetryPause);
+  }
+  throw KernelStartError(
+      fmt::format("cannot start a kernel process ({} tries): {}", kStartAttempts, why));
+}
+
+KernelStartError ProcessRunner::not_ready(int raw) {
+  return KernelStartError(
+      fmt::format("kernel process {} before it was ready (its messages are in the worker's log)",
+                  describe_wait_status(raw)));
+}
+
 int ProcessRunner::end_host() {
   const int raw = host_->kill_and_reap();
   if (WIFSIGNALED(raw)) report_.signal = WTERMSIG(raw);
@@ -224,13 +247,7 @@ int ProcessRunner::end_host() {
 
 Json ProcessRunner::run(const std::string& kernel, const Json& params, const KernelContext& ctx) {
   report_ = ProcessReport{};
-  if (!host_) {
-    try {
-      start();
-    } catch (const std::exception& e) {
-      throw RetryableError(fmt::format("cannot start a kernel process: {}", e.what()));
-    }
-  }
+  if (!host_) start_for_job();
   Host& host = *host_;
   report_.pid = host.pid();
   const uint64_t seq = ++host.seq;
@@ -238,8 +255,9 @@ Json ProcessRunner::run(const std::string& kernel, const Json& params, const Ker
   if (!send_all(host.socket(), bytes_of(request_))) {
     const bool ready = host.ready;
     const int raw = end_host();
-    throw RetryableError(fmt::format("kernel process {} before {}", describe_wait_status(raw),
-                                     ready ? "the job reached it" : "it was ready"));
+    if (!ready) throw not_ready(raw);
+    throw RetryableError(
+        fmt::format("kernel process {} before the job reached it", describe_wait_status(raw)));
   }
 
   Wait wait;
@@ -285,11 +303,7 @@ Json ProcessRunner::run(const std::string& kernel, const Json& params, const Ker
       report_.peak_rss_kib = wait.seen_kib;
       const bool ready = host.ready;
       const int raw = end_host();
-      if (!ready) {
-        throw RetryableError(fmt::format(
-            "kernel process {} before it was ready (its messages are in the worker's log)",
-            describe_wait_status(raw)));
-      }
+      if (!ready) throw not_ready(raw);
       throw KernelProcessError(fmt::format("kernel process {}, peak RSS {}",
                                            describe_wait_status(raw), mib(wait.seen_kib)));
     }

@@ -8,6 +8,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <msgpack.hpp>
@@ -17,6 +18,7 @@
 
 #include "host_protocol.h"
 #include "kernel.h"
+#include "simq/errors.h"
 
 namespace simq {
 
@@ -40,6 +42,14 @@ class KernelProcessError : public KernelError {
   using KernelError::KernelError;
 };
 
+// A kernel process could not be started, or ended before it was ready, so the job never
+// reached a kernel: the trouble is the worker's (its executable, its plug-ins, the machine's
+// limits), not the job's. The worker hands the job back and stops (worker.h).
+class KernelStartError : public Error {
+ public:
+  using Error::Error;
+};
+
 // What a job's record says about the kernel process that ran it.
 struct ProcessReport {
   pid_t pid = 0;              // the kernel process; 0 if the job did not reach one
@@ -50,6 +60,9 @@ struct ProcessReport {
 
 class ProcessRunner {
  public:
+  static constexpr int kStartAttempts = 3;  // tries to start a kernel process for a job
+  static constexpr std::chrono::milliseconds kStartRetryPause{50};  // between them
+
   explicit ProcessRunner(ProcessOptions options);  // starts no process yet
   // Ends the kernel process: closes its socket, waits up to the kill grace for it to exit,
   // then kills its process group; reaps it.
@@ -61,8 +74,9 @@ class ProcessRunner {
   // returns its result or throws what it threw (KernelError, RetryableError, KernelCancelled).
   // When ctx.stop is signalled, the kernel is asked to stop; if it has not answered within the
   // kill grace, its process group is killed and this throws KernelCancelled. Throws
-  // RetryableError when no kernel process could be started (or one ended before the job
-  // reached it), KernelProcessError when it died or misbehaved during the job.
+  // KernelStartError when no kernel process could be started (after a few tries) or one ended
+  // before it was ready, RetryableError when a ready one ended before the job reached it,
+  // KernelProcessError when it died or misbehaved during the job.
   Json run(const std::string& kernel, const Json& params, const KernelContext& ctx);
 
   // About the kernel process of the last run().
@@ -77,7 +91,10 @@ class ProcessRunner {
   class Host;
   struct Wait;
 
-  void start();  // throws Error
+  void start();          // throws Error
+  void start_for_job();  // start(), tried kStartAttempts times; throws KernelStartError
+  // The error for a kernel process that ended, with wait status `raw`, before it was ready.
+  static KernelStartError not_ready(int raw);
   // Waits for the kernel process to answer job `seq`, or to end, or to overrun its limits.
   Wait await_reply(Host& host, uint64_t seq, const std::stop_token& stop);
   // Kills what is left of the kernel process and reaps it; returns its wait status.

@@ -705,7 +705,7 @@ int Worker::run() {
   bool forced = false;
   bool gave_up = false;  // the stop grace ran out before the writer flushed
   while (!flushed) {
-    if (!stopping && stop_requested()) {
+    if (!stopping && (stop_requested() || kernels_broken_.load())) {
       stopping = true;
       grace_ends = Clock::now() + grace;
       begin_stop(connection);
@@ -821,7 +821,7 @@ int Worker::run() {
       "results fenced; {} malformed messages",
       stats_.succeeded.load(), stats_.failed.load(), stats_.retried.load(), stats_.cancelled.load(),
       stats_.handed_back.load(), stats_.fenced.load(), stats_.malformed.load());
-  return kExitOk;
+  return kernels_broken_.load() ? kExitJobsFailed : kExitOk;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1137,6 +1137,14 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
       error = fmt::format("kernel '{}' cancelled itself without a stop request: {}", kernel_name,
                           e.what());
       retryable = lookup.spec->options.retry_errors;
+    } catch (const KernelStartError& e) {
+      // The job never reached a kernel, and this worker cannot run kernels: the job goes back
+      // to the broker (on BYE, with the same attempt) and the worker stops (run()).
+      if (!kernels_broken_.exchange(true)) {
+        spdlog::error("{}: this worker stops and hands its jobs back to the broker", e.what());
+      }
+      ++stats_.handed_back;
+      return Outcome{};
     } catch (const RetryableError& e) {
       cut_short = stop.stop_requested();
       error = e.what();

@@ -99,7 +99,9 @@ class Worker {
   // still running when the grace ends are stopped and their jobs not recorded (handed back);
   // results still unwritten then (Redis is down) are abandoned: the broker runs those jobs
   // again. A second stop signal stops the kernels at once and returns without waiting for
-  // them or for writes. Throws ConfigError for a bad broker endpoint.
+  // them or for writes. A worker whose kernel processes cannot be started (KernelStartError)
+  // hands that job back and stops the same way by itself, and returns kExitJobsFailed: its
+  // jobs run elsewhere rather than fail here. Throws ConfigError for a bad broker endpoint.
   int run();
 
   const WorkerStats& stats() const { return stats_; }
@@ -258,9 +260,10 @@ class Worker {
   WriteQueue writes_;
   MissingSweeps missing_sweeps_;
   std::atomic<unsigned> slots_running_{0};
-  std::atomic<uint64_t> finished_jobs_{0};  // jobs the slots ended since the last estimate
-  std::atomic<uint64_t> finished_ns_{0};    // their time in the slots, in ns
-  RunningJobs running_;                     // the slots' jobs and their stop sources
+  std::atomic<bool> kernels_broken_{false};  // a kernel process could not be started
+  std::atomic<uint64_t> finished_jobs_{0};   // jobs the slots ended since the last estimate
+  std::atomic<uint64_t> finished_ns_{0};     // their time in the slots, in ns
+  RunningJobs running_;                      // the slots' jobs and their stop sources
 
   // Sweep specs by id, under specs_mutex_ (never held across a Redis call). The Store fetches
   // specs for the slots, one at a time under spec_store_mutex_ (taken before specs_mutex_).

@@ -10,8 +10,11 @@
 #include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -279,6 +282,40 @@ TEST_F(Isolation, AStopHandsBackAJobWhoseKernelIgnoresItAndLeavesNoKernelProcess
   EXPECT_TRUE(records(cluster, hung).empty()) << "handed back to the broker, not recorded";
   EXPECT_TRUE(wait_until([&] { return command_line(kernel_processes[0]).empty(); }, 5s))
       << "kernel process " << kernel_processes[0] << " outlived its worker";
+}
+
+TEST_F(Isolation, AWorkerThatCannotStartKernelProcessesHandsItsJobsBackAndStops) {
+  // A plug-in the worker loaded at start that its kernel processes can no longer load (a
+  // library removed by an upgrade, say): no job may fail or lose an attempt to that. With
+  // --recycle-jobs 1 every job needs a new kernel process.
+  const std::string broken = dir_.file("plugin-broken");
+  ::setenv("SIMQ_TEST_PLUGIN_FAIL_IF", broken.c_str(), 1);  // inherited by the cluster
+  TestCluster cluster(isolated(1, {"--plugin", SIMQ_TEST_PLUGIN, "--recycle-jobs", "1"}));
+  ::unsetenv("SIMQ_TEST_PLUGIN_FAIL_IF");
+  std::ofstream(broken) << "";
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[grid]\ni = { range = [0, 6] }\n");
+
+  std::optional<int> exited;
+  ASSERT_TRUE(wait_until([&] { return (exited = cluster.worker(0).poll()).has_value(); }, 20s))
+      << cluster.logs();
+  EXPECT_EQ(*exited, 1);
+  EXPECT_THAT(cluster.logs(), HasSubstr("before it was ready"));
+  EXPECT_THAT(cluster.logs(), HasSubstr("this worker stops and hands its jobs back"));
+  for (const auto& [index, record] : records(cluster, sweep)) {
+    EXPECT_EQ(record["status"], "succeeded") << record.dump();  // run before the breakage
+  }
+  EXPECT_LT(records(cluster, sweep).size(), 6u) << "the worker never met the breakage";
+
+  // Repaired, the worker runs every job at its first attempt.
+  std::filesystem::remove(broken);
+  cluster.restart_worker(0);
+  EXPECT_EQ(wait(cluster, sweep), 0) << cluster.logs();
+  const auto done = records(cluster, sweep);
+  ASSERT_EQ(done.size(), 6u);
+  for (const auto& [index, record] : done) {
+    EXPECT_EQ(record["status"], "succeeded") << record.dump();
+    EXPECT_EQ(record["attempts"], 1) << record.dump();
+  }
 }
 
 TEST(IsolationFlags, ProcessOnlyFlagsAreRefusedWithThreadIsolation) {

@@ -3,11 +3,14 @@
  *   SIMQ_TEST_NO_ENTRY               a shared library without the entry points
  *   SIMQ_TEST_ABI=99                 reports ABI version 99 (its register must never run)
  *   SIMQ_TEST_REGISTER_RESULT=3      registration returns 3
+ * Any of them refuses to register (9) while the file $SIMQ_TEST_PLUGIN_FAIL_IF names exists: a
+ * plug-in the worker loaded at start that its kernel processes cannot load later.
  * Thread-safety: no shared state. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "simq/plugin.h"
 
@@ -110,6 +113,8 @@ SIMQ_PLUGIN_EXPORT int simq_plugin_register_v1(const simq_host_v1* host) {
       {"test.returns_code", "returns 5", returns_code, NULL},
   };
   if (SIMQ_TEST_REGISTER_RESULT != 0) return SIMQ_TEST_REGISTER_RESULT;
+  const char* fail_if = getenv("SIMQ_TEST_PLUGIN_FAIL_IF");
+  if (fail_if != NULL && access(fail_if, F_OK) == 0) return 9;
   for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; ++i) {
     const int refused = host->add_kernel(host, &kernels[i]);
     if (refused != 0) return refused;
