@@ -279,7 +279,7 @@ Json latency(const FigureOptions& options) {
     trace = trace_dir->file("hops.txt");
     trace_env.emplace(trace);
   }
-  const auto cluster = start_cluster(options, options.latency_workers, 0);
+  auto cluster = start_cluster(options, options.latency_workers, 0);
   Store store(RedisAddress::parse(cluster->redis_url()));
   BrokerClient client(cluster->frontend());
   std::vector<double> samples_ms;
@@ -318,7 +318,12 @@ Json latency(const FigureOptions& options) {
                  {"p99_ms", percentile(samples_ms, 0.99)},
                  {"mean_ms", sum / static_cast<double>(samples_ms.size())},
                  {"max_ms", samples_ms.back()}};
-  if (options.hops) result["hops"] = hop_breakdown(trace);
+  if (options.hops) {
+    // Stopped first: its workers write their last stamps (the writer's reply to the last job
+    // may come after the consumer saw it) before they exit.
+    cluster.reset();
+    result["hops"] = hop_breakdown(trace);
+  }
   return result;
 }
 

@@ -633,7 +633,10 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
       wanted = std::bit_floor(static_cast<uint32_t>(jobs_wanted));  // steps, not jitter
     }
   }
-  if (wanted == connection.prefetch) return;
+  // Jobs that came anyway while every slot is taken and a long kernel runs (a DISPATCH that
+  // crossed our CREDIT, one after a reconnection) would wait behind it: they go back too.
+  const bool crowded = look.longest >= kLongKernel && look.held >= options_.slots && !jobs_.empty();
+  if (wanted == connection.prefetch && !(wanted == 0 && crowded)) return;
   CreditMsg credit{wanted, {}};
   if (wanted == 0) credit.jobs = jobs_.clear();  // queued behind long jobs: run elsewhere
   if (!send(connection, Command::kCredit, encode(credit))) {

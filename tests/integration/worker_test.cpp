@@ -308,14 +308,30 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
 // broker; `hello` is its first message.
 struct ScriptedWorker {
   explicit ScriptedWorker(const std::string& redis_url, const TempDir& dir, int slots = 3,
-                          int stop_grace_ms = 1000)
+                          int stop_grace_ms = 1000, std::vector<std::string> flags = {})
       : broker(context),
         log_file(dir.file("worker.log")),
-        process({bin("simq-worker"), "--broker", broker.endpoint(), "--redis", redis_url, "--slots",
-                 std::to_string(slots), "--stop-grace-ms", std::to_string(stop_grace_ms),
-                 "--log-level", "debug"},
+        process(worker_argv(broker.endpoint(), redis_url, slots, stop_grace_ms, std::move(flags)),
                 log_file),
         hello(broker.next(5s)) {}
+
+  static std::vector<std::string> worker_argv(const std::string& broker, const std::string& redis,
+                                              int slots, int stop_grace_ms,
+                                              std::vector<std::string> flags) {
+    std::vector<std::string> argv = {bin("simq-worker"),
+                                     "--broker",
+                                     broker,
+                                     "--redis",
+                                     redis,
+                                     "--slots",
+                                     std::to_string(slots),
+                                     "--stop-grace-ms",
+                                     std::to_string(stop_grace_ms),
+                                     "--log-level",
+                                     "debug"};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return argv;
+  }
 
   std::string log() const { return read_file(log_file); }
 
@@ -456,9 +472,14 @@ Json mark_of(const RedisServer& redis, const std::string& sweep, uint64_t index)
 }
 
 // A scripted worker, welcomed, with helpers to dispatch and to collect reports.
+// For tests that keep a job queued in the worker behind a long one (the scripted broker
+// dispatches beyond the worker's slots): without CREDIT the worker does not hand it back.
+const std::vector<std::string> kNoCredit = {"--max-prefetch", "0"};
+
 struct Served : ScriptedWorker {
-  Served(const RedisServer& redis, const TempDir& dir, int slots, int stop_grace_ms = 1000)
-      : ScriptedWorker(redis.url(), dir, slots, stop_grace_ms) {
+  Served(const RedisServer& redis, const TempDir& dir, int slots, int stop_grace_ms = 1000,
+         std::vector<std::string> flags = {})
+      : ScriptedWorker(redis.url(), dir, slots, stop_grace_ms, std::move(flags)) {
     if (hello && hello->command == "HELLO") {
       broker.send(hello->worker, "WELCOME", encode(WelcomeMsg{1000, 100}));  // no silence
     }
@@ -584,7 +605,7 @@ TEST(Worker, AJobPastItsTimeLimitFailsAndFreesItsSlot) {
   const std::string sweep = record_sweep(redis,
                                          "kernel = \"sleep\"\n[options]\ntimeout_s = 0.3\n[grid]\n"
                                          "seconds = [10, 0.01]\n");
-  Served worker(redis, dir, 1);
+  Served worker(redis, dir, 1, 1000, kNoCredit);
   ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
   const auto start = std::chrono::steady_clock::now();
   worker.dispatch({{sweep, 0, 1}, {sweep, 1, 1}});  // one slot: job 1 waits for job 0
@@ -607,7 +628,7 @@ TEST(Worker, CancelStopsRunningJobsAndDropsQueuedOnes) {
   TempDir dir;
   const std::string sweep =
       record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [10, 10, 10]\n");
-  Served worker(redis, dir, 1);
+  Served worker(redis, dir, 1, 1000, kNoCredit);
   ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
   worker.dispatch({{sweep, 0, 1}, {sweep, 1, 1}});  // one slot: job 1 is queued in the worker
   ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
@@ -648,7 +669,7 @@ TEST(Worker, StopLetsRunningJobsFinishAndRecordsThem) {
   TempDir dir;
   const std::string sweep =
       record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [1.0, 1.0]\n");
-  Served worker(redis, dir, 1, 30000);
+  Served worker(redis, dir, 1, 30000, kNoCredit);
   ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
   worker.dispatch({{sweep, 0, 1}, {sweep, 1, 1}});  // job 1 is queued, not started
   ASSERT_TRUE(worker.started(sweep, 0)) << worker.log();
@@ -738,7 +759,7 @@ TEST(Worker, ShortJobsEarnAPrefetchThatALongKernelHandsBack) {
   const std::string quick =
       record_sweep(redis, "kernel = \"noop\"\n[grid]\ni = { range = [0, 40] }\n");
   const std::string slow =
-      record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [1, 1, 1, 1]\n");
+      record_sweep(redis, "kernel = \"sleep\"\n[grid]\nseconds = [1, 1, 1, 1, 1, 1]\n");
   Served worker(redis, dir, 1);
   ASSERT_TRUE(worker.hello && worker.hello->command == "HELLO") << worker.log();
 
@@ -773,6 +794,19 @@ TEST(Worker, ShortJobsEarnAPrefetchThatALongKernelHandsBack) {
   const CreditMsg handed = worker.broker.credits.back();
   EXPECT_EQ(handed.prefetch, 0u);
   EXPECT_EQ(handed.jobs, (std::vector<JobRef>{{slow, 1, 1}, {slow, 2, 1}, {slow, 3, 1}}));
+
+  // Jobs that come anyway while the long kernel runs (a DISPATCH that crossed that CREDIT, or
+  // one sent after a reconnection) go back too: the worker already asks for no more.
+  worker.dispatch({{slow, 4, 1}, {slow, 5, 1}});
+  ASSERT_TRUE(wait_until(
+      [&] {
+        worker.broker.next(50ms);
+        return worker.broker.credits.size() > 2;
+      },
+      5s))
+      << worker.log();
+  EXPECT_EQ(worker.broker.credits.back().prefetch, 0u);
+  EXPECT_EQ(worker.broker.credits.back().jobs, (std::vector<JobRef>{{slow, 4, 1}, {slow, 5, 1}}));
   const auto done = worker.done(1, 5s);
   ASSERT_EQ(done.size(), 1u) << worker.log();
   EXPECT_EQ(done[0].job, (JobRef{slow, 0, 1})) << "only the job that started runs here";
