@@ -178,13 +178,16 @@ bool Broker::serving(const std::string& id) const {
   return false;
 }
 
-void Broker::adopt_sweep(const std::string& id) {
+bool Broker::adopt_sweep(const std::string& id) {
   // Redis has the sweep as running, but this broker holds none of its jobs: its own create,
   // which Redis ran but whose reply was lost (a timeout, a cut connection), or records Redis
   // lost in a restart after their DONE came. The sweep is queued as a recovered one would be.
-  // A finished or cancelled sweep is left alone. Throws as the store does.
+  // A finished sweep is left alone, and so is one cancelled here (Redis may have lost the
+  // cancel: it is not run again). Throws as the store does.
+  if (cancelled_.contains(id)) return false;
+  const int64_t started = now_ms();
   const auto info = store_.sweep(id);
-  if (!info || info->status != "running") return;
+  if (!info || info->status != "running") return false;
   spdlog::warn(
       "sweep {} is running in Redis but none of its jobs is queued here (a create "
       "whose reply was lost, or records lost by Redis?): queuing its unfinished jobs",
@@ -192,6 +195,10 @@ void Broker::adopt_sweep(const std::string& id) {
   recover_sweep(id);
   // Workers read an unreadable spec from Redis, and fail its jobs saying what is wrong.
   begin_serving(id, Json::parse(info->spec, nullptr, /*allow_exceptions=*/false));
+  // Reading a big sweep's records takes a while: the broker was busy, not its workers, whose
+  // heartbeats wait unread in the socket.
+  if (now_ms() - started > liveness_.interval_ms()) liveness_.touch_all(now_ms());
+  return true;
 }
 
 void Broker::begin_serving(const std::string& id, const Json& spec) {
@@ -216,27 +223,33 @@ void Broker::dispatch_early() {
 void Broker::reconcile() {
   // After an outage: a sweep Redis has as running that this broker does not serve lost its
   // jobs here (a create whose reply was lost and whose producer gave up; records a restarted
-  // Redis lost after their DONE). Each is queued again; one that cannot be read is skipped.
-  std::vector<std::string> active;
-  try {
-    active = store_.active_sweeps();
-  } catch (const ConnectError& e) {
-    redis_failed(e);  // tried again when Redis answers
-    return;
+  // Redis lost after their DONE). Each is queued again, one per turn of the loop: adopting a
+  // big sweep reads all its records, and workers' messages must not wait for every sweep.
+  if (reconcile_queue_.empty()) {
+    try {
+      reconcile_queue_ = store_.active_sweeps();
+    } catch (const ConnectError& e) {
+      redis_failed(e);  // when Redis answers again, the outage's end starts this over
+      reconcile_due_ = false;
+      return;
+    }
   }
-  reconcile_due_ = false;
-  for (const auto& id : active) {
+  while (!reconcile_queue_.empty()) {
+    const std::string id = std::move(reconcile_queue_.back());
+    reconcile_queue_.pop_back();
     if (serving(id)) continue;
     try {
-      adopt_sweep(id);
+      if (adopt_sweep(id)) break;
     } catch (const ConnectError& e) {
       redis_failed(e);
-      reconcile_due_ = true;
+      reconcile_queue_.clear();
+      reconcile_due_ = false;
       return;
     } catch (const std::exception& e) {
       spdlog::error("sweep {} is running in Redis but cannot be queued: {}", id, e.what());
     }
   }
+  reconcile_due_ = !reconcile_queue_.empty();
 }
 
 void Broker::refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,
@@ -311,8 +324,9 @@ void Broker::on_submit(const Envelope& message) {
     dispatcher_.add_range(submit.sweep_id, 0, spec.total());
     ++counters_.submitted;
     // The jobs go out before the reply and the log line: the round trip of a job waits on its
-    // DISPATCH, not on SUBMITTED (its result is read from Redis). Unless jobs wait for their
-    // fence: those go first, from the loop.
+    // DISPATCH, not on SUBMITTED (its result is read from Redis). While jobs wait for their
+    // fence (lost workers' jobs, retries due), the loop's order is kept instead: it fences
+    // them first (if Redis lets it), then dispatches.
     if (unfenced_.empty()) dispatch_early();
   } else if (!serving(submit.sweep_id)) {
     // "existed", and none of its jobs here: perhaps a create Redis ran whose reply was lost.

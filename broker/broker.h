@@ -80,14 +80,16 @@ class Broker {
   void recover_sweep(const std::string& id);
   // Whether a job of sweep `id` is queued, in flight, waiting for its fence or for a retry.
   bool serving(const std::string& id) const;
-  // Queues the unfinished jobs of a sweep Redis has as running that this broker never queued.
-  void adopt_sweep(const std::string& id);
+  // Queues the unfinished jobs of a sweep Redis has as running of which this broker holds no
+  // job (serving() is false), unless it was cancelled here. Returns whether it did.
+  bool adopt_sweep(const std::string& id);
   // From now on sweep `id` (of `spec`; discarded if unreadable) is served here: its spec goes
   // out with DISPATCH, and an older sweep of the id no longer counts as cancelled.
   void begin_serving(const std::string& id, const Json& spec);
   // dispatch() from a handler: a failure is logged, not answered to the client.
   void dispatch_early();
-  // Adopts every sweep Redis has as running that is not served here (after an outage).
+  // After an outage: adopts the sweeps Redis has as running that are not served here, one
+  // per call while reconcile_due_.
   void reconcile();
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);
@@ -129,8 +131,9 @@ class Broker {
   std::unordered_map<WorkerId, WorkerInfo> workers_;
   BrokerCounters counters_;
   RedisOutage outage_;
-  bool status_unpublished_ = false;  // the last status snapshot could not be written
-  bool reconcile_due_ = false;       // an outage ended: look for sweeps nobody serves
+  bool status_unpublished_ = false;           // the last status snapshot could not be written
+  bool reconcile_due_ = false;                // an outage ended: look for sweeps nobody serves
+  std::vector<std::string> reconcile_queue_;  // active sweeps still to look at
 
   // Jobs that will run as a higher attempt once their fence is in Redis (lost workers,
   // recovered running jobs, retries whose delay is over), oldest first.

@@ -2,6 +2,7 @@
 // Not thread-safe: owned by the broker's socket loop.
 #include "liveness.h"
 
+#include <algorithm>
 #include <cassert>
 
 namespace simq {
@@ -15,6 +16,10 @@ Liveness::Liveness(int64_t interval_ms, int liveness)
 void Liveness::touch(const std::string& peer, int64_t now_ms) {
   auto [it, inserted] = peers_.try_emplace(peer, Peer{.heard_ms = now_ms, .sent_ms = now_ms});
   if (!inserted) it->second.heard_ms = now_ms;
+}
+
+void Liveness::touch_all(int64_t now_ms) {
+  for (auto& [peer, state] : peers_) state.heard_ms = std::max(state.heard_ms, now_ms);
 }
 
 void Liveness::forget(const std::string& peer) { peers_.erase(peer); }

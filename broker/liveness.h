@@ -16,6 +16,9 @@ class Liveness {
   Liveness(int64_t interval_ms, int liveness);
 
   void touch(const std::string& peer, int64_t now_ms);  // heard from peer (adds it if new)
+  // As if every peer was heard from at now_ms: after a stall of our own, when their messages
+  // wait unread.
+  void touch_all(int64_t now_ms);
   void forget(const std::string& peer);
   bool knows(const std::string& peer) const;
 

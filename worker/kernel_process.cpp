@@ -217,8 +217,10 @@ void ProcessRunner::prepare() {
 }
 
 void ProcessRunner::start_for_job() {
-  // fork may fail for a moment (a process limit, memory): a few tries before giving up.
+  // fork may fail for a moment (a process limit, memory): a few tries, further and further
+  // apart, before giving up.
   std::string why;
+  milliseconds pause = kStartRetryPause;
   for (int attempt = 1; attempt <= kStartAttempts; ++attempt) {
     try {
       start();
@@ -226,7 +228,8 @@ void ProcessRunner::start_for_job() {
     } catch (const std::exception& e) {
       why = e.what();
     }
-    if (attempt < kStartAttempts) std::this_thread::sleep_for(kStartRetryPause);
+    if (attempt < kStartAttempts) std::this_thread::sleep_for(pause);
+    pause *= 2;
   }
   throw KernelStartError(
       fmt::format("cannot start a kernel process ({} tries): {}", kStartAttempts, why));
@@ -253,7 +256,11 @@ Json ProcessRunner::run(const std::string& kernel, const Json& params, const Ker
   const uint64_t seq = ++host.seq;
   encode_run(seq, kernel, ctx.job, params, request_);
   if (!send_all(host.socket(), bytes_of(request_))) {
-    const bool ready = host.ready;
+    // Before its job, a kernel process sends nothing but its ready message: if anything from it
+    // is waiting unread, it was ready, and died idle (an OOM kill, say), which is no start
+    // failure.
+    char byte = 0;
+    const bool ready = host.ready || ::recv(host.socket(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
     const int raw = end_host();
     if (!ready) throw not_ready(raw);
     throw RetryableError(

@@ -60,8 +60,8 @@ struct ProcessReport {
 
 class ProcessRunner {
  public:
-  static constexpr int kStartAttempts = 3;  // tries to start a kernel process for a job
-  static constexpr std::chrono::milliseconds kStartRetryPause{50};  // between them
+  static constexpr int kStartAttempts = 5;  // tries to start a kernel process for a job
+  static constexpr std::chrono::milliseconds kStartRetryPause{50};  // after the first; doubling
 
   explicit ProcessRunner(ProcessOptions options);  // starts no process yet
   // Ends the kernel process: closes its socket, waits up to the kill grace for it to exit,
@@ -74,8 +74,9 @@ class ProcessRunner {
   // returns its result or throws what it threw (KernelError, RetryableError, KernelCancelled).
   // When ctx.stop is signalled, the kernel is asked to stop; if it has not answered within the
   // kill grace, its process group is killed and this throws KernelCancelled. Throws
-  // KernelStartError when no kernel process could be started (after a few tries) or one ended
-  // before it was ready, RetryableError when a ready one ended before the job reached it,
+  // KernelStartError when no kernel process could be started (kStartAttempts tries over 0.75
+  // s) or one ended before it was ready, RetryableError when a ready one ended before the job
+  // reached it,
   // KernelProcessError when it died or misbehaved during the job.
   Json run(const std::string& kernel, const Json& params, const KernelContext& ctx);
 

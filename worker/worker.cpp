@@ -56,6 +56,10 @@ constexpr size_t kMaxNameInRoutingId = 200;  // routing ids are at most 255 byte
 constexpr milliseconds kMarkAfter(10);
 constexpr auto kPrefetchHorizon = std::chrono::microseconds(5000);
 constexpr milliseconds kLongKernel(20);
+// Hand-backs of jobs that came behind long kernels while the prefetch is 0 (a crossed DISPATCH)
+// are this far apart at least: should the broker count a slot as free that is not (after a
+// reconnection), the same jobs do not bounce between the two every few ms.
+constexpr milliseconds kHandBackEvery(1000);
 constexpr milliseconds kPaceEvery(5);       // how often the IO thread looks at the slots
 constexpr milliseconds kEstimateEvery(20);  // how often the prefetch is reconsidered
 constexpr uint64_t kMinJobsToEstimate = 8;  // jobs timed before a prefetch is asked for
@@ -150,12 +154,14 @@ struct Worker::Connection {
   Clock::time_point last_heard;
   milliseconds reconnect_delay{0};
   Clock::time_point reconnect_at;
-  bool welcomed = false;            // this connection's HELLO was answered
-  bool done_blocked = false;        // a DONE could not be sent on this connection (warned once)
-  uint32_t prefetch = 0;            // jobs beyond the slots the broker was asked for (CREDIT)
-  Clock::time_point next_pace;      // when pace() looks at the slots again
-  bool slots_busy = false;          // its last look saw slots holding jobs
-  Clock::time_point next_estimate;  // when pace() reconsiders the prefetch
+  bool welcomed = false;             // this connection's HELLO was answered
+  bool done_blocked = false;         // a DONE could not be sent on this connection (warned once)
+  uint32_t prefetch = 0;             // jobs beyond the slots the broker was asked for (CREDIT)
+  Clock::time_point next_pace;       // when pace() looks at the slots again
+  bool slots_busy = false;           // its last look saw slots holding jobs
+  Clock::time_point next_estimate;   // when pace() reconsiders the prefetch
+  Clock::time_point next_hand_back;  // the earliest pace() hands back jobs behind long kernels
+                                     // again while its prefetch stays 0
 
   // DONE batches not yet handed to a socket, kept across connections: the next connection
   // announces their jobs as busy in HELLO, then sends them.
@@ -635,8 +641,10 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
   }
   // Jobs that came anyway while every slot is taken and a long kernel runs (a DISPATCH that
   // crossed our CREDIT, one after a reconnection) would wait behind it: they go back too.
-  const bool crowded = look.longest >= kLongKernel && look.held >= options_.slots && !jobs_.empty();
+  const bool crowded = look.longest >= kLongKernel && look.held >= options_.slots &&
+                       !jobs_.empty() && now >= connection.next_hand_back;
   if (wanted == connection.prefetch && !(wanted == 0 && crowded)) return;
+  if (wanted == connection.prefetch) connection.next_hand_back = now + kHandBackEvery;
   CreditMsg credit{wanted, {}};
   if (wanted == 0) credit.jobs = jobs_.clear();  // queued behind long jobs: run elsewhere
   if (!send(connection, Command::kCredit, encode(credit))) {
@@ -710,8 +718,19 @@ int Worker::run() {
   while (!flushed) {
     if (!stopping && (stop_requested() || kernels_broken_.load())) {
       stopping = true;
-      grace_ends = Clock::now() + grace;
+      // Stopping because kernel processes cannot start: the kernels that run are fine and
+      // finish, however long they take (a stop signal brings the grace back).
+      grace_ends = stop_requested() ? Clock::now() + grace : Clock::time_point::max();
       begin_stop(connection);
+    }
+    if (stopping && grace_ends == Clock::time_point::max() && stop_requested()) {
+      grace_ends = Clock::now() + grace;
+    }
+    if (stopping && connection.socket) {
+      // Jobs a slot could not start, as they come: the broker runs them elsewhere now.
+      if (auto jobs = unstartable_.take(); !jobs.empty()) {
+        send(connection, Command::kDrain, encode(DrainMsg{std::move(jobs)}));
+      }
     }
     if (stopping && stop_signals() >= 2) {
       forced = true;
@@ -731,7 +750,9 @@ int Worker::run() {
       writes_closed = true;
       writes_.close();
       // Results of jobs that finished at the end of the grace get a moment to be written.
-      give_up_at = std::max(grace_ends, Clock::now() + std::min(grace, kMaxWriteAfterSlots));
+      const auto now = Clock::now();
+      give_up_at = std::max(grace_ends == Clock::time_point::max() ? now : grace_ends,
+                            now + std::min(grace, kMaxWriteAfterSlots));
     }
     // Slots end within the grace (or soon after: kernels see their stop token); the writer may
     // wait on Redis for ever. Its unwritten results are not ours to keep: BYE hands them back.
@@ -1142,9 +1163,13 @@ Worker::Outcome Worker::run_job(size_t slot, const JobRef& job, const std::stop_
       retryable = lookup.spec->options.retry_errors;
     } catch (const KernelStartError& e) {
       // The job never reached a kernel, and this worker cannot run kernels: the job goes back
-      // to the broker (on BYE, with the same attempt) and the worker stops (run()).
+      // to the broker at once (DRAIN, same attempt) and the worker stops (run()).
+      unstartable_.add(job);
       if (!kernels_broken_.exchange(true)) {
-        spdlog::error("{}: this worker stops and hands its jobs back to the broker", e.what());
+        spdlog::error(
+            "{}: this worker takes no more jobs, hands them back to the broker, lets its "
+            "running kernels finish and exits 1",
+            e.what());
       }
       ++stats_.handed_back;
       return Outcome{};

@@ -16,6 +16,7 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 #include <zmq.hpp>
 
@@ -261,9 +262,25 @@ class Worker {
   MissingSweeps missing_sweeps_;
   std::atomic<unsigned> slots_running_{0};
   std::atomic<bool> kernels_broken_{false};  // a kernel process could not be started
-  std::atomic<uint64_t> finished_jobs_{0};   // jobs the slots ended since the last estimate
-  std::atomic<uint64_t> finished_ns_{0};     // their time in the slots, in ns
-  RunningJobs running_;                      // the slots' jobs and their stop sources
+  // Jobs slots could not start (KernelStartError), for the IO thread to hand back.
+  class Unstartable {
+   public:
+    void add(const JobRef& job) {
+      const std::lock_guard lock(mutex_);
+      jobs_.push_back(job);
+    }
+    std::vector<JobRef> take() {
+      const std::lock_guard lock(mutex_);
+      return std::exchange(jobs_, {});
+    }
+
+   private:
+    std::mutex mutex_;
+    std::vector<JobRef> jobs_;
+  } unstartable_;
+  std::atomic<uint64_t> finished_jobs_{0};  // jobs the slots ended since the last estimate
+  std::atomic<uint64_t> finished_ns_{0};    // their time in the slots, in ns
+  RunningJobs running_;                     // the slots' jobs and their stop sources
 
   // Sweep specs by id, under specs_mutex_ (never held across a Redis call). The Store fetches
   // specs for the slots, one at a time under spec_store_mutex_ (taken before specs_mutex_).

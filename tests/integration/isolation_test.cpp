@@ -300,7 +300,8 @@ TEST_F(Isolation, AWorkerThatCannotStartKernelProcessesHandsItsJobsBackAndStops)
       << cluster.logs();
   EXPECT_EQ(*exited, 1);
   EXPECT_THAT(cluster.logs(), HasSubstr("before it was ready"));
-  EXPECT_THAT(cluster.logs(), HasSubstr("this worker stops and hands its jobs back"));
+  EXPECT_THAT(cluster.logs(), HasSubstr("this worker takes no more jobs, hands them back"));
+  EXPECT_THAT(cluster.logs(), HasSubstr("stopped: ")) << "exit 1 by its own stop, not a crash";
   for (const auto& [index, record] : records(cluster, sweep)) {
     EXPECT_EQ(record["status"], "succeeded") << record.dump();  // run before the breakage
   }

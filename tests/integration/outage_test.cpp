@@ -162,8 +162,11 @@ TEST(Outage, AResentSubmitOfASweepInFlightQueuesNothingAgain) {
   const auto waited = cluster.simq({"wait", sweep, "--timeout", "60"});
   ASSERT_EQ(waited.status, 0) << waited.out << waited.err << cluster.logs();
   EXPECT_EQ(finished(), 40);
+  // A wrong adoption would run jobs again: as duplicates, or fenced (running ones get a new
+  // attempt).
   EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "duplicates"}).str, "0")
       << cluster.logs();
+  EXPECT_EQ(redis->command({"HGET", "simq:sweep:" + sweep, "fenced"}).str, "0") << cluster.logs();
   EXPECT_THAT(cluster.logs(), Not(HasSubstr("none of its jobs is queued here")));
 }
 

@@ -622,6 +622,17 @@ TEST(Liveness, ExpiresStrictlyAfterIntervalTimesLiveness) {
   EXPECT_TRUE(live.expire(100000).empty());
 }
 
+TEST(Liveness, TouchAllRestartsEveryClockButNeverTurnsOneBack) {
+  Liveness live(1000, 3);
+  live.touch("p", 0);
+  live.touch("q", 5000);
+  live.touch_all(4000);  // the owner stalled until 4000: p is not held to its silence
+  EXPECT_TRUE(live.expire(7000).empty());
+  EXPECT_EQ(live.expire(7001), std::vector<std::string>{"p"});
+  EXPECT_TRUE(live.expire(8000).empty());  // q was heard at 5000, later than the touch
+  EXPECT_EQ(live.expire(8001), std::vector<std::string>{"q"});
+}
+
 TEST(Liveness, HeartbeatsAreDueOneIntervalAfterTheLastSend) {
   Liveness live(1000, 3);
   EXPECT_EQ(live.interval_ms(), 1000);
