@@ -251,21 +251,29 @@ int ProcessRunner::end_host() {
 Json ProcessRunner::run(const std::string& kernel, const Json& params, const KernelContext& ctx) {
   report_ = ProcessReport{};
   if (!host_) start_for_job();
-  Host& host = *host_;
-  report_.pid = host.pid();
-  const uint64_t seq = ++host.seq;
-  encode_run(seq, kernel, ctx.job, params, request_);
-  if (!send_all(host.socket(), bytes_of(request_))) {
+  // A kernel process that was ready but died idle (an OOM kill, say) is replaced once: the job
+  // never reached it, so it costs no attempt.
+  for (bool replaced = false;; replaced = true) {
+    Host& host = *host_;
+    encode_run(++host.seq, kernel, ctx.job, params, request_);
+    if (send_all(host.socket(), bytes_of(request_))) break;
     // Before its job, a kernel process sends nothing but its ready message: if anything from it
-    // is waiting unread, it was ready, and died idle (an OOM kill, say), which is no start
-    // failure.
+    // is waiting unread, it was ready.
     char byte = 0;
     const bool ready = host.ready || ::recv(host.socket(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 1;
     const int raw = end_host();
     if (!ready) throw not_ready(raw);
-    throw RetryableError(
-        fmt::format("kernel process {} before the job reached it", describe_wait_status(raw)));
+    if (replaced) {
+      throw RetryableError(fmt::format("kernel process {} before the job reached it (twice)",
+                                       describe_wait_status(raw)));
+    }
+    spdlog::warn("kernel process {} while idle: starting another for job {}:{}",
+                 describe_wait_status(raw), ctx.job.sweep, ctx.job.index);
+    start_for_job();
   }
+  Host& host = *host_;
+  report_.pid = host.pid();
+  const uint64_t seq = host.seq;
 
   Wait wait;
   {

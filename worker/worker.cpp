@@ -641,9 +641,10 @@ void Worker::pace(Connection& connection, Clock::time_point now, milliseconds& w
   }
   // Jobs that came anyway while every slot is taken and a long kernel runs (a DISPATCH that
   // crossed our CREDIT, one after a reconnection) would wait behind it: they go back too.
+  // (wanted is 0 then.)
   const bool crowded = look.longest >= kLongKernel && look.held >= options_.slots &&
                        !jobs_.empty() && now >= connection.next_hand_back;
-  if (wanted == connection.prefetch && !(wanted == 0 && crowded)) return;
+  if (wanted == connection.prefetch && !crowded) return;
   if (wanted == connection.prefetch) connection.next_hand_back = now + kHandBackEvery;
   CreditMsg credit{wanted, {}};
   if (wanted == 0) credit.jobs = jobs_.clear();  // queued behind long jobs: run elsewhere
@@ -708,7 +709,10 @@ int Worker::run() {
 
   bool stopping = false;
   const milliseconds grace(options_.stop_grace_ms);
-  Clock::time_point grace_ends;  // once stopping: when running kernels are stopped
+  // Once stopping: when running kernels are stopped. None while stopping only because kernel
+  // processes cannot start: the kernels that run are fine and finish, however long they take
+  // (a stop signal brings the grace back).
+  std::optional<Clock::time_point> grace_ends;
   bool kernels_stopped = false;
   Clock::time_point give_up_at;  // once the slots are done: when unwritten results are abandoned
   bool writes_closed = false;
@@ -718,18 +722,13 @@ int Worker::run() {
   while (!flushed) {
     if (!stopping && (stop_requested() || kernels_broken_.load())) {
       stopping = true;
-      // Stopping because kernel processes cannot start: the kernels that run are fine and
-      // finish, however long they take (a stop signal brings the grace back).
-      grace_ends = stop_requested() ? Clock::now() + grace : Clock::time_point::max();
       begin_stop(connection);
     }
-    if (stopping && grace_ends == Clock::time_point::max() && stop_requested()) {
-      grace_ends = Clock::now() + grace;
-    }
+    if (stopping && !grace_ends && stop_requested()) grace_ends = Clock::now() + grace;
     if (stopping && connection.socket) {
       // Jobs a slot could not start, as they come: the broker runs them elsewhere now.
       if (auto jobs = unstartable_.take(); !jobs.empty()) {
-        send(connection, Command::kDrain, encode(DrainMsg{std::move(jobs)}));
+        if (!send(connection, Command::kDrain, encode(DrainMsg{jobs}))) unstartable_.add(jobs);
       }
     }
     if (stopping && stop_signals() >= 2) {
@@ -738,7 +737,7 @@ int Worker::run() {
       spdlog::warn("second stop signal: leaving without waiting for running jobs and writes");
       break;
     }
-    if (stopping && !kernels_stopped && Clock::now() >= grace_ends) {
+    if (stopping && !kernels_stopped && grace_ends && Clock::now() >= *grace_ends) {
       kernels_stopped = true;
       if (const size_t running = running_.stop_all(); running > 0) {
         spdlog::warn(
@@ -751,8 +750,7 @@ int Worker::run() {
       writes_.close();
       // Results of jobs that finished at the end of the grace get a moment to be written.
       const auto now = Clock::now();
-      give_up_at = std::max(grace_ends == Clock::time_point::max() ? now : grace_ends,
-                            now + std::min(grace, kMaxWriteAfterSlots));
+      give_up_at = std::max(grace_ends.value_or(now), now + std::min(grace, kMaxWriteAfterSlots));
     }
     // Slots end within the grace (or soon after: kernels see their stop token); the writer may
     // wait on Redis for ever. Its unwritten results are not ours to keep: BYE hands them back.
@@ -888,13 +886,16 @@ void Worker::slot_loop(size_t slot, const std::stop_token& stop) {
         std::memory_order_relaxed);
     finished_jobs_.fetch_add(1, std::memory_order_relaxed);
     if (!outcome.write) {
-      jobs_.settled(1);  // handed back: the broker requeues it when this worker says BYE
+      jobs_.settled(1);  // handed back: by DRAIN (unstartable_), or requeued on BYE
     } else if (outcome.retry_after_ms) {
       writes_.push_retry(std::move(*outcome.write), *outcome.retry_after_ms);
     } else {
       writes_.push_finished(std::move(*outcome.write));
     }
-    if (runner) runner->prepare();  // after the result is on its way: replaced or started now
+    // After the result is on its way: replaced or started now. Not once kernel processes
+    // cannot start: the worker is stopping, and a slot takes no more jobs.
+    if (kernels_broken_.load()) break;
+    if (runner) runner->prepare();
   }
   slots_running_.fetch_sub(1);
 }

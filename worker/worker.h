@@ -265,9 +265,10 @@ class Worker {
   // Jobs slots could not start (KernelStartError), for the IO thread to hand back.
   class Unstartable {
    public:
-    void add(const JobRef& job) {
+    void add(const JobRef& job) { add(std::vector<JobRef>{job}); }
+    void add(const std::vector<JobRef>& jobs) {
       const std::lock_guard lock(mutex_);
-      jobs_.push_back(job);
+      jobs_.insert(jobs_.end(), jobs.begin(), jobs.end());
     }
     std::vector<JobRef> take() {
       const std::lock_guard lock(mutex_);

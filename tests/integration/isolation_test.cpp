@@ -284,6 +284,23 @@ TEST_F(Isolation, AStopHandsBackAJobWhoseKernelIgnoresItAndLeavesNoKernelProcess
       << "kernel process " << kernel_processes[0] << " outlived its worker";
 }
 
+TEST_F(Isolation, AKernelProcessKilledWhileIdleIsReplacedWithoutCostingTheNextJobAnAttempt) {
+  TestCluster cluster(isolated(1));
+  const int worker = cluster.worker(0).pid();
+  ASSERT_TRUE(wait_until([&] { return child_processes(worker).size() == 1; }, 5s))
+      << cluster.logs();
+  const int idle = child_processes(worker).front();
+  ::kill(idle, SIGKILL);  // as the OOM killer would, between jobs
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n");
+  EXPECT_EQ(wait(cluster, sweep), 0) << cluster.logs();
+  const Json record = records(cluster, sweep).at(0);
+  EXPECT_EQ(record["status"], "succeeded") << record.dump();
+  EXPECT_EQ(record["attempts"], 1) << record.dump();
+  EXPECT_NE(record["kernel_pid"], idle) << record.dump();
+  EXPECT_THAT(cluster.logs(), HasSubstr("while idle: starting another"));
+  expect_serving(cluster, 1);
+}
+
 TEST_F(Isolation, AWorkerThatCannotStartKernelProcessesHandsItsJobsBackAndStops) {
   // A plug-in the worker loaded at start that its kernel processes can no longer load (a
   // library removed by an upgrade, say): no job may fail or lose an attempt to that. With
