@@ -172,10 +172,8 @@ bool Broker::serving(const std::string& id) const {
                   [&](const Requeue& r) { return r.job.sweep == id; })) {
     return true;
   }
-  for (auto delayed = delayed_; !delayed.empty(); delayed.pop()) {  // rare: no index kept
-    if (delayed.top().second.sweep == id) return true;
-  }
-  return false;
+  return std::any_of(delayed_.begin(), delayed_.end(),
+                     [&](const Delayed& d) { return d.second.sweep == id; });
 }
 
 bool Broker::adopt_sweep(const std::string& id) {
@@ -185,19 +183,15 @@ bool Broker::adopt_sweep(const std::string& id) {
   // A finished sweep is left alone, and so is one cancelled here (Redis may have lost the
   // cancel: it is not run again). Throws as the store does.
   if (cancelled_.contains(id)) return false;
-  const int64_t started = now_ms();
   const auto info = store_.sweep(id);
   if (!info || info->status != "running") return false;
   spdlog::warn(
       "sweep {} is running in Redis but none of its jobs is queued here (a create "
       "whose reply was lost, or records lost by Redis?): queuing its unfinished jobs",
       id);
-  recover_sweep(id);
+  recover_sweep(id);  // reads all its records: a big sweep takes a while (see run())
   // Workers read an unreadable spec from Redis, and fail its jobs saying what is wrong.
   begin_serving(id, Json::parse(info->spec, nullptr, /*allow_exceptions=*/false));
-  // Reading a big sweep's records takes a while: the broker was busy, not its workers, whose
-  // heartbeats wait unread in the socket.
-  if (now_ms() - started > liveness_.interval_ms()) liveness_.touch_all(now_ms());
   return true;
 }
 
@@ -377,15 +371,9 @@ void Broker::on_cancel(const Envelope& message) {
     remember_cancelled(id);
     reply.dropped = dispatcher_.drop_sweep(id);
     reply.dropped += std::erase_if(unfenced_, [&](const Requeue& r) { return r.job.sweep == id; });
-    decltype(delayed_) kept;
-    for (; !delayed_.empty(); delayed_.pop()) {
-      if (delayed_.top().second.sweep == id) {
-        ++reply.dropped;
-      } else {
-        kept.push(delayed_.top());
-      }
-    }
-    delayed_ = std::move(kept);
+    reply.dropped +=
+        std::erase_if(delayed_, [&](const Delayed& d) { return d.second.sweep == id; });
+    std::make_heap(delayed_.begin(), delayed_.end(), Later{});
     reply.running = dispatcher_.in_flight_of(id);
     reply.outcome = outcome == CancelOutcome::kCancelled ? "cancelled" : "not_running";
     std::vector<WorkerId> workers;
@@ -447,8 +435,9 @@ void Broker::on_backend(const Envelope& message) {
             const auto delay =
                 static_cast<int64_t>(std::min<uint64_t>(*job.retry_after_ms, kMaxRetryDelayMs));
             // +1: `now` is whole milliseconds, rounded down; a retry is never early.
-            delayed_.emplace(now + delay + 1,
-                             JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
+            delayed_.emplace_back(now + delay + 1,
+                                  JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
+            std::push_heap(delayed_.begin(), delayed_.end(), Later{});
           }
           continue;
         }
@@ -580,9 +569,10 @@ void Broker::fence_pending() {
 }
 
 void Broker::release_due_retries(int64_t now) {
-  while (!delayed_.empty() && delayed_.top().first <= now) {
-    unfenced_.push_back(Requeue{delayed_.top().second, ""});
-    delayed_.pop();
+  while (!delayed_.empty() && delayed_.front().first <= now) {
+    std::pop_heap(delayed_.begin(), delayed_.end(), Later{});
+    unfenced_.push_back(Requeue{std::move(delayed_.back().second), ""});
+    delayed_.pop_back();
   }
 }
 
@@ -723,7 +713,7 @@ void Broker::run() {
   int64_t next_status = next_tick;
   while (!stop_requested()) {
     int64_t due = next_tick;
-    if (!delayed_.empty()) due = std::min(due, delayed_.top().first);
+    if (!delayed_.empty()) due = std::min(due, delayed_.front().first);
     const int64_t wait = std::max<int64_t>(0, due - now_ms());
     try {
       zmq::poll(items, 2, std::chrono::milliseconds(wait));
@@ -769,11 +759,15 @@ void Broker::run() {
       }
       if (!any) break;
     }
-    release_due_retries(now_ms());
+    const int64_t read_at = now_ms();  // workers' messages up to here are read
+    release_due_retries(read_at);
     fence_pending();
     if (reconcile_due_) reconcile();
     dispatch();
     const int64_t now = now_ms();
+    // A slow turn (Redis answering slowly, a big sweep adopted) left workers' heartbeats unread
+    // in the socket: the broker was busy, not they.
+    if (now - read_at > liveness_.interval_ms()) liveness_.touch_all(now);
     if (now >= next_tick) {
       heartbeat(now);
       next_tick = now + tick_ms;

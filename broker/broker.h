@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <deque>
-#include <queue>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -145,7 +144,7 @@ class Broker {
   struct Later {
     bool operator()(const Delayed& a, const Delayed& b) const { return a.first > b.first; }
   };
-  std::priority_queue<Delayed, std::vector<Delayed>, Later> delayed_;
+  std::vector<Delayed> delayed_;  // a heap under Later (std::push_heap, pop_heap)
 
   // Specs DISPATCH carries to workers that have not had them, oldest first.
   static constexpr size_t kInlineSpecMaxBytes = size_t{64} << 10;
