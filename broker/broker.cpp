@@ -101,12 +101,8 @@ void Broker::recover_sweep(const std::string& id) {
     return;
   }
   const auto index_of = [&](const std::string& field) -> std::optional<uint64_t> {
-    uint64_t index = 0;
-    const auto [end, ec] = std::from_chars(field.data(), field.data() + field.size(), index);
-    if (ec != std::errc() || end != field.data() + field.size() || index >= info->total) {
-      return std::nullopt;
-    }
-    return index;
+    const auto index = parse_job_index(field);
+    return index && *index < info->total ? index : std::nullopt;
   };
   std::vector<uint64_t> taken;  // finished or re-queued below
   store_.scan_hash(jobs_key(id), [&](const std::string& field, const std::string&) {

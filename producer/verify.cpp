@@ -5,7 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <charconv>
 #include <cstdio>
 #include <optional>
 #include <string_view>
@@ -50,17 +49,6 @@ const char* status_name(uint8_t status) {
     default:
       return "?";
   }
-}
-
-// A job index as the store writes it (decimal, no sign, no leading zero), or std::nullopt.
-std::optional<uint64_t> parse_index(std::string_view text) {
-  uint64_t value = 0;
-  const auto* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
-  if (ec != std::errc() || ptr != end || text.empty() || (text.size() > 1 && text[0] == '0')) {
-    return std::nullopt;
-  }
-  return value;
 }
 
 // Keeps the counts and the first kExamples examples of one class.
@@ -123,7 +111,7 @@ class Verifier {
   }
 
   void add_record(const std::string& field, const std::string& value) {
-    const auto index = parse_index(field);
+    const auto index = parse_job_index(field);
     if (!index || *index >= info_.total) {
       unexpected(fmt::format("record \"{}\" in the jobs hash: {}", field,
                              index ? fmt::format("index outside [0, {})", info_.total)

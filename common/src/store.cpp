@@ -205,6 +205,16 @@ std::string format_time(double t) { return fmt::format("{:.6f}", t); }
 
 }  // namespace
 
+std::optional<uint64_t> parse_job_index(std::string_view text) {
+  uint64_t value = 0;
+  const char* const end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  if (ec != std::errc() || ptr != end || text.empty() || (text.size() > 1 && text[0] == '0')) {
+    return std::nullopt;
+  }
+  return value;
+}
+
 std::string parse_stream_entry(const RedisReply& fields,
                                const std::function<void(uint64_t, std::string_view)>& on_job) {
   if (fields.type != RedisReply::Type::kArray || fields.elements.size() % 2 != 0) {
@@ -214,17 +224,15 @@ std::string parse_stream_entry(const RedisReply& fields,
   bool jobs = false;
   const std::string* old_job = nullptr;  // the format before batches: job <index> status <s>
   const std::string* old_status = nullptr;
-  // A decimal job index, as the store writes it (no sign, no leading zero).
   const auto index_of = [](std::string_view name, const std::string& value, const char* p,
                            const char* end_of_index) {
-    uint64_t index = 0;
-    const auto [ptr, ec] = std::from_chars(p, end_of_index, index);
-    if (ec != std::errc() || ptr != end_of_index || (end_of_index - p > 1 && *p == '0')) {
-      throw StoreError(fmt::format("{}=\"{}\": \"{}\" is not a job index", name,
-                                   value.size() > 64 ? value.substr(0, 64) + "..." : value,
-                                   std::string_view(p, static_cast<size_t>(end_of_index - p))));
+    const std::string_view text(p, static_cast<size_t>(end_of_index - p));
+    const auto index = parse_job_index(text);
+    if (!index) {
+      throw StoreError(fmt::format("{}=\"{}\": \"{}\" is not a job index", name, excerpt(value, 64),
+                                   excerpt(std::string(text), 32)));
     }
-    return index;
+    return *index;
   };
   for (size_t i = 0; i < fields.elements.size(); i += 2) {
     const std::string& name = fields.elements[i].str;
@@ -239,7 +247,7 @@ std::string parse_stream_entry(const RedisReply& fields,
     }
     if (name == "sweep") {
       if (value != "done" && value != "cancelled") {
-        throw StoreError(fmt::format("sweep={}: expected done or cancelled", value));
+        throw StoreError(fmt::format("sweep={}: expected done or cancelled", excerpt(value, 64)));
       }
       end = value;
       continue;
@@ -248,7 +256,7 @@ std::string parse_stream_entry(const RedisReply& fields,
       throw StoreError(
           fmt::format("unknown field \"{}\" (expected succeeded, failed, cancelled, sweep, "
                       "or job with status)",
-                      name));
+                      excerpt(name, 64)));
     }
     jobs = true;
     const char* p = value.data();

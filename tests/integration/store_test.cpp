@@ -154,6 +154,15 @@ TEST_F(StoreTest, OneWriteOfManyRecordsIsOneStreamEntryListingThemByStatus) {
   EXPECT_FALSE(rest[2].cancelled);
 }
 
+TEST(JobIndex, OnlyTheDecimalFormTheStoreWritesIsAnIndex) {
+  EXPECT_EQ(parse_job_index("0"), 0u);
+  EXPECT_EQ(parse_job_index("42"), 42u);
+  EXPECT_EQ(parse_job_index("18446744073709551615"), UINT64_MAX);
+  for (const char* text : {"", "-1", "+1", "007", "4 2", "1e3", "0x10", "18446744073709551616"}) {
+    EXPECT_EQ(parse_job_index(text), std::nullopt) << text;
+  }
+}
+
 TEST_F(StoreTest, AMalformedStreamEntryIsRefusedSayingWhatIsWrong) {
   const auto parse = [](std::vector<std::string> values) {
     RedisReply fields;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "simq/job.h"
@@ -89,6 +90,10 @@ struct FinishCounts {
   uint64_t orphans = 0;     // the sweep does not exist (expired or never recorded): discarded
   uint64_t fenced = 0;      // written by an attempt older than the job's fence: discarded
 };
+
+// A job index as the store writes it (the jobs hash's fields, stream entries): decimal, no
+// sign, no leading zero. std::nullopt for anything else.
+std::optional<uint64_t> parse_job_index(std::string_view text);
 
 // Reads the field/value list of one completion-stream entry (docs/redis-schema.md): calls
 // on_job(index, status) for each job the entry announces, status "succeeded", "failed" or
