@@ -26,11 +26,6 @@ using ::testing::Not;
 
 std::string examples() { return std::string(SIMQ_SOURCE_DIR) + "/examples"; }
 
-std::string trim(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
-
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }

@@ -28,11 +28,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
 
-std::string trim(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
-
 // Whether job 0 of the sweep has started its kernel within 10 s (the worker logs it).
 bool kernel_started(TestCluster& cluster, const std::string& sweep) {
   return wait_until(

@@ -142,10 +142,11 @@ TEST(Outage, ASweepWhoseCreateReplyWasLostRunsWhenItsSubmitIsResent) {
 }
 
 TEST(Outage, AResentSubmitOfASweepInFlightQueuesNothingAgain) {
-  // The broker holds jobs of the sweep (queued and in flight): "existed" adopts nothing.
+  // The broker holds jobs of the sweep (queued and in flight): "existed" adopts nothing. 40
+  // jobs of 0.2 s on 4 slots: the resend comes ~1.6 s before the sweep could end.
   TestCluster cluster;
   const SweepSpec spec =
-      SweepSpec::from_json(Json::parse(R"({"kernel": "sleep", "params": {"seconds": 0.05},
+      SweepSpec::from_json(Json::parse(R"({"kernel": "sleep", "params": {"seconds": 0.2},
                       "grid": {"i": {"range": [0, 40]}}})"),
                            "test");
   BrokerClient client(cluster.frontend());

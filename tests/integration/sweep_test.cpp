@@ -34,11 +34,6 @@ std::string write_file(const TempDir& dir, const std::string& name, const std::s
   return dir.file(name);
 }
 
-std::string trim(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
-
 std::vector<Json> jsonl(const std::string& text) {
   std::vector<Json> rows;
   std::istringstream lines(text);

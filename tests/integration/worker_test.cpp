@@ -29,10 +29,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string trim(std::string text) {
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
-  return text;
-}
+// For tests that keep a job queued in the worker behind a long one (the scripted broker
+// dispatches beyond the worker's slots): without CREDIT the worker does not hand it back.
+const std::vector<std::string> kNoCredit = {"--max-prefetch", "0"};
 
 // The broker's status snapshot (docs/redis-schema.md), or null if there is none yet.
 Json broker_status(Redis& redis) {
@@ -244,9 +243,10 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
 
   zmq::context_t context;
   ScriptedBroker broker(context);
-  ChildProcess worker({bin("simq-worker"), "--broker", broker.endpoint(), "--redis",
-                       cluster.redis().url(), "--slots", "2", "--log-level", "debug"},
-                      dir.file("worker.log"));
+  ChildProcess worker(
+      {bin("simq-worker"), "--broker", broker.endpoint(), "--redis", cluster.redis().url(),
+       "--slots", "2", "--log-level", "debug", kNoCredit[0], kNoCredit[1]},
+      dir.file("worker.log"));
   const auto log = [&] { return read_file(dir.file("worker.log")); };
 
   auto hello = broker.next(5s);
@@ -292,6 +292,7 @@ TEST(Worker, UnknownWorkerMeansOneNewConnectionThatReportsTheOldJobs) {
   EXPECT_EQ(reported, (std::vector<uint64_t>{0, 1}));
   const auto extra = broker.next(500ms);
   EXPECT_FALSE(extra) << "unexpected " << extra->command << " from " << extra->worker;
+  EXPECT_TRUE(broker.credits.empty()) << "job 2 went with the old connection, not by CREDIT";
 
   // A clean stop says DRAIN, then BYE, and it leaves before the socket closes.
   worker.signal(SIGTERM);
@@ -472,10 +473,6 @@ Json mark_of(const RedisServer& redis, const std::string& sweep, uint64_t index)
 }
 
 // A scripted worker, welcomed, with helpers to dispatch and to collect reports.
-// For tests that keep a job queued in the worker behind a long one (the scripted broker
-// dispatches beyond the worker's slots): without CREDIT the worker does not hand it back.
-const std::vector<std::string> kNoCredit = {"--max-prefetch", "0"};
-
 struct Served : ScriptedWorker {
   Served(const RedisServer& redis, const TempDir& dir, int slots, int stop_grace_ms = 1000,
          std::vector<std::string> flags = {})

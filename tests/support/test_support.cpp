@@ -116,6 +116,11 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
+std::string trim(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
+
 std::string command_line(int pid) {
   auto cmdline = read_file(fmt::format("/proc/{}/cmdline", pid));
   for (auto& c : cmdline) {

@@ -74,6 +74,8 @@ CommandResult run_command(const std::vector<std::string>& argv,
 
 // Reads a whole file ("" if it cannot be read).
 std::string read_file(const std::string& path);
+// `text` without the newlines and spaces it ends with (a command's output, say).
+std::string trim(std::string text);
 
 // Pids of processes whose command line contains `needle` (to prove none was left behind).
 // redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
