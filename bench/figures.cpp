@@ -74,9 +74,14 @@ SweepSpec make_spec(std::string_view kernel, Json params, std::string_view axis,
   return SweepSpec::from_json(spec, kWhat);
 }
 
+// Submits `spec`; returns its sweep id. Stamps job 0's submit (simq/hop_trace.h: one branch
+// unless the latency figure traces hops).
 std::string submit(BrokerClient& client, const SweepSpec& spec) {
   return submit_under_fresh_id(
-             [&](const std::string& id) { return client.submit(id, spec, kWhat, kSubmitTimeout); },
+             [&](const std::string& id) {
+               hop_stamp(hop::kSubmit, id, 0);
+               return client.submit(id, spec, kWhat, kSubmitTimeout);
+             },
              new_sweep_id)
       .sweep_id;
 }
@@ -205,8 +210,14 @@ namespace {
 // Sets $SIMQ_HOP_TRACE for this process and the programs it starts, while it lives.
 class HopTraceEnv {
  public:
-  explicit HopTraceEnv(const std::string& path) { ::setenv("SIMQ_HOP_TRACE", path.c_str(), 1); }
-  ~HopTraceEnv() { ::unsetenv("SIMQ_HOP_TRACE"); }
+  explicit HopTraceEnv(const std::string& path) {
+    ::setenv("SIMQ_HOP_TRACE", path.c_str(), 1);
+    hop_trace_to(path.c_str());  // this process may have stamped untraced before
+  }
+  ~HopTraceEnv() {
+    ::unsetenv("SIMQ_HOP_TRACE");
+    hop_trace_to(nullptr);
+  }
   HopTraceEnv(const HopTraceEnv&) = delete;
   HopTraceEnv& operator=(const HopTraceEnv&) = delete;
 };
@@ -288,13 +299,7 @@ Json latency(const FigureOptions& options) {
     if (stop_requested()) throw Error("latency: interrupted");
     const SweepSpec spec = make_spec("noop", {{"x", i}}, "", 1);
     const auto start = Clock::now();
-    const std::string sweep = submit_under_fresh_id(
-                                  [&](const std::string& id) {
-                                    hop_stamp(hop::kSubmit, id, 0);
-                                    return client.submit(id, spec, kWhat, kSubmitTimeout);
-                                  },
-                                  new_sweep_id)
-                                  .sweep_id;
+    const std::string sweep = submit(client, spec);
     bool seen = false;
     while (!seen) {
       const auto events = store.read_events(sweep, "0", kLatencyBlock, 16);

@@ -155,6 +155,7 @@ int run_bench(int argc, char** argv) {
                          {"cores", std::thread::hardware_concurrency()},
                          {"figures", figures},
                          {"throughput_slots", options.throughput_slots},
+                         {"hops", options.hops},  // latency measured with hop stamps on
                          {"scaling_workers", options.scaling_workers}};
   if (!json_path.empty()) {
     std::ofstream out(json_path);

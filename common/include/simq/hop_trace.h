@@ -24,8 +24,13 @@ inline constexpr const char* kWriterWritten = "writer.written";        // Redis 
 inline constexpr const char* kSeen = "seen";  // client: XREAD returned the result
 }  // namespace hop
 
-// Whether stamps are written: $SIMQ_HOP_TRACE was set when the process first asked.
+// Whether stamps are written: $SIMQ_HOP_TRACE was set when the process first asked, or
+// hop_trace_to() named a file since.
 bool hop_tracing() noexcept;
+
+// This process's stamps go to `path` from now on; nullptr or "": none. For a process that
+// traces only a part of its life (simq-bench); not while other threads stamp.
+void hop_trace_to(const char* path) noexcept;
 
 // Appends a stamp of job (sweep, index) if hop_tracing(). Never throws; a stamp that cannot be
 // written is lost.
