@@ -555,10 +555,14 @@ std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std:
   events.reserve(entries.size());
   for (const auto& entry : entries) {
     const std::string& id = entry.elements.at(0).str;
-    const std::string end =
-        parse_stream_entry(entry.elements.at(1), [&](uint64_t index, std::string_view status) {
-          events.push_back(StreamEvent{id, index, status == "succeeded", false, false});
-        });
+    std::string end;
+    try {
+      end = parse_stream_entry(entry.elements.at(1), [&](uint64_t index, std::string_view status) {
+        events.push_back(StreamEvent{id, index, status == "succeeded", false, false});
+      });
+    } catch (const StoreError& e) {  // which entry of which stream, for whoever has to look
+      throw StoreError(fmt::format("{} entry {}: {}", events_key(sweep), id, e.what()));
+    }
     if (!end.empty()) events.push_back(StreamEvent{id, 0, true, true, end == "cancelled"});
   }
   return events;

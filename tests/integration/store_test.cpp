@@ -202,6 +202,16 @@ TEST_F(StoreTest, AMalformedStreamEntryIsRefusedSayingWhatIsWrong) {
   EXPECT_EQ(parse({}), "neither jobs nor the sweep's end");
 }
 
+TEST_F(StoreTest, AMalformedEntryReadFromTheStreamIsNamedByKeyAndId) {
+  const std::string id = redis->command({"XADD", "simq:sweep:s9:events", "*", "job", "x"}).str;
+  try {
+    store.read_events("s9", "0", std::chrono::milliseconds(10), 10);
+    ADD_FAILURE() << "read_events accepted a malformed entry";
+  } catch (const StoreError& e) {
+    EXPECT_EQ(std::string(e.what()), "simq:sweep:s9:events entry " + id + ": job without status");
+  }
+}
+
 TEST_F(StoreTest, ASweepIsDoneWhenEveryJobHasOneRecordAndThenExpires) {
   ASSERT_TRUE(store.create_sweep("s4", spec_of(2), 60));
   store.requeue({Requeue{JobRef{"s4", 1, 2}, "a:1"}});
