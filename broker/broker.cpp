@@ -601,7 +601,10 @@ void Broker::dispatch() {
       const auto worker = workers_.find(assignment.worker);
       if (worker != workers_.end() && !inline_specs_.empty()) {
         auto& sent = worker->second.specs_sent;
+        const std::string* last = nullptr;  // a batch is mostly runs of one sweep's jobs
         for (const auto& job : message.jobs) {
+          if (last != nullptr && *last == job.sweep) continue;
+          last = &job.sweep;
           const auto spec = inline_specs_.find(job.sweep);
           if (spec == inline_specs_.end() || sent.contains(job.sweep)) continue;
           if (sent.size() >= kMaxSpecsSent) sent.clear();
