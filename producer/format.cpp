@@ -205,6 +205,15 @@ class PlainRecordCheck : public nlohmann::json_sax<Json> {
   bool plain() const {
     return ok_ && object_ && job_ && status_ && index_ && sweep_ && required_ == kAllRequired;
   }
+  // Ready for the next line; keeps the key list's capacity, so a check allocates nothing.
+  void reset() {
+    depth_ = 0;
+    ok_ = true;
+    object_ = job_ = status_ = index_ = sweep_ = false;
+    required_ = 0;
+    current_.clear();
+    keys_.clear();
+  }
 
   bool null() override { return value(Kind::kOther); }
   bool boolean(bool /*value*/) override { return value(Kind::kOther); }
@@ -288,7 +297,8 @@ bool is_plain_record_line(std::string_view text) {
       text.starts_with("\xEF\xBB\xBF")) {  // a BOM: the parser skips it, the line would keep it
     return false;
   }
-  PlainRecordCheck check;
+  thread_local PlainRecordCheck check;  // one per thread, reset for each line
+  check.reset();
   const bool parsed = Json::sax_parse(text.begin(), text.end(), &check,
                                       nlohmann::detail::input_format_t::json, true);
   return parsed && check.plain();
