@@ -255,7 +255,12 @@ Json ProcessRunner::run(const std::string& kernel, const Json& params, const Ker
   // never reached it, so it costs no attempt.
   for (bool replaced = false;; replaced = true) {
     Host& host = *host_;
-    encode_run(++host.seq, kernel, ctx.job, params, request_);
+    try {
+      encode_run(++host.seq, kernel, ctx.job, params, request_);
+    } catch (const ProtocolError& e) {  // the params cannot cross: no use trying again
+      throw KernelProcessError(
+          fmt::format("the job's params cannot be sent to a kernel process: {}", e.what()));
+    }
     if (send_all(host.socket(), bytes_of(request_))) break;
     // Before its job, a kernel process sends nothing but its ready message: if anything from it
     // is waiting unread, it was ready.

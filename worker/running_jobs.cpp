@@ -118,6 +118,7 @@ RunningJobs::Look RunningJobs::look(
     Clock::time_point now, Clock::duration mark_after,
     const std::function<void(const std::vector<std::pair<JobRef, double>>&)>& mark) {
   Look look;
+  std::vector<std::pair<JobRef, double>> to_mark;
   const std::lock_guard lock(mutex_);
   for (auto& slot : slots_) {
     if (slot.held) ++look.held;
@@ -126,10 +127,10 @@ RunningJobs::Look RunningJobs::look(
     if (slot.marked) continue;
     if (slot.started_at + mark_after <= now) {
       slot.marked = true;
-      look.to_mark.emplace_back(slot.job, slot.started_unix);
+      to_mark.emplace_back(slot.job, slot.started_unix);
     }
   }
-  if (!look.to_mark.empty()) mark(look.to_mark);
+  if (!to_mark.empty()) mark(to_mark);
   return look;
 }
 

@@ -60,14 +60,13 @@ class RunningJobs {
 
   // What the worker's IO thread looks at every few milliseconds while kernels run.
   struct Look {
-    // Kernels that have run for `mark_after` or more and were not in an earlier look's
-    // to_mark: their jobs get running marks. Each with the Unix time its kernel started.
-    std::vector<std::pair<JobRef, double>> to_mark;
     Clock::duration longest{};  // how long the longest-running kernel has run
     size_t held = 0;            // slots holding a job, its kernel started or not
   };
-  // `mark(to_mark)` is called before the lock is released (when there is something to mark),
-  // so a slot cannot end the job and queue its next write (a retry's mark) in between.
+  // Kernels that have run for `mark_after` or more and were not passed to an earlier look's
+  // `mark` get running marks: mark(to_mark) gets their jobs, each with the Unix time its kernel
+  // started. It is called before the lock is released (when there is something to mark), so a
+  // slot cannot end the job and queue its next write (a retry's mark) in between.
   Look look(Clock::time_point now, Clock::duration mark_after,
             const std::function<void(const std::vector<std::pair<JobRef, double>>&)>& mark);
 
