@@ -2,6 +2,8 @@
 // which fails on request, for testing a cluster's resilience.
 // Thread-safety: run() may be called from many slots at once (fault's leaked memory is kept
 // under a mutex; the others are stateless).
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -141,16 +143,12 @@ class FaultKernel final : public Kernel {
       mode = value->get<std::string>();
     }
     if (std::find(kModes.begin(), kModes.end(), mode) == kModes.end()) {
-      throw KernelError(
-          "param 'mode': expected one of ok, error, retryable, segv, abort, exit, alloc, leak, "
-          "hang, got " +
-          describe_value(Json(mode)));
+      throw KernelError(fmt::format("param 'mode': expected one of {}, got {}",
+                                    fmt::join(kModes, ", "), describe_value(Json(mode))));
     }
-    const double seconds =
-        find_param(params, "seconds") != nullptr ? number_param(params, "seconds", 0) : 0;
+    const double seconds = number_param_or(params, "seconds", 0, 0);
     const auto mib = static_cast<size_t>(int_param_or(params, "mib", 0, 0, kMaxMib));
-    const double hold_s =
-        find_param(params, "hold_s") != nullptr ? number_param(params, "hold_s", 0) : 0;
+    const double hold_s = number_param_or(params, "hold_s", 0, 0);
     if (mode == "hang") {
       std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
       return Json{{"mode", mode}};

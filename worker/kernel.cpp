@@ -131,6 +131,11 @@ int64_t int_param_or(const Json& params, std::string_view name, int64_t fallback
   return value == nullptr ? fallback : to_int(*value, name, min, max);
 }
 
+double number_param_or(const Json& params, std::string_view name, double fallback, double min,
+                       double max) {
+  return find_param(params, name) == nullptr ? fallback : number_param(params, name, min, max);
+}
+
 double number_param(const Json& params, std::string_view name, double min, double max) {
   const Json& value = require_param(params, name);
   if (!value.is_number()) bad_param(name, "number", value);

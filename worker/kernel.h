@@ -119,6 +119,8 @@ int64_t int_param_or(const Json& params, std::string_view name, int64_t fallback
 // A number (integer or float) in [min, max].
 double number_param(const Json& params, std::string_view name, double min,
                     double max = std::numeric_limits<double>::infinity());
+double number_param_or(const Json& params, std::string_view name, double fallback, double min,
+                       double max = std::numeric_limits<double>::infinity());
 
 // How a parameter's value reads in an error message: `string "x"`, `float 2.5`, `array [1,2]`.
 std::string describe_value(const Json& value);
