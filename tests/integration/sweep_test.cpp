@@ -59,10 +59,7 @@ void expect_one_record_per_job(Redis& redis, const std::string& sweep, long long
   EXPECT_EQ(redis.command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, total);
   EXPECT_EQ(redis.command({"HLEN", "simq:sweep:" + sweep + ":running"}).integer, 0);
   // Each job announced once in the stream, then the final "sweep done" entry.
-  const StreamCount stream = stream_count(redis, sweep);
-  EXPECT_EQ(stream.announced, total);
-  EXPECT_EQ(stream.distinct, total);
-  EXPECT_EQ(stream.finals, 1);
+  expect_each_job_announced_once(redis, sweep, total);
 }
 
 TEST(Sweep, ThousandFibJobsOnTwoWorkersAllCorrect) {

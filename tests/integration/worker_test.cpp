@@ -129,10 +129,7 @@ TEST(Worker, StoppedPastLivenessComesBackWithBusySlotsAndLosesNothing) {
 
   // Exactly one record and one completion event per job, plus the final event.
   EXPECT_EQ(redis->command({"HLEN", jobs_key}).integer, kJobs);
-  const StreamCount stream = stream_count(*redis, sweep);
-  EXPECT_EQ(stream.announced, kJobs);
-  EXPECT_EQ(stream.distinct, kJobs);
-  EXPECT_EQ(stream.finals, 1);
+  expect_each_job_announced_once(*redis, sweep, kJobs);
   for (int i = 0; i < kJobs; ++i) {
     const auto record = Json::parse(redis->command({"HGET", jobs_key, std::to_string(i)}).str);
     EXPECT_EQ(record["status"], "succeeded") << record.dump();

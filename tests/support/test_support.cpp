@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -166,6 +167,13 @@ StreamCount stream_count(Redis& redis, const std::string& sweep) {
   }
   count.distinct = static_cast<long long>(jobs.size());
   return count;
+}
+
+void expect_each_job_announced_once(Redis& redis, const std::string& sweep, long long total) {
+  const StreamCount stream = stream_count(redis, sweep);
+  EXPECT_EQ(stream.announced, total) << sweep;
+  EXPECT_EQ(stream.distinct, total) << sweep;
+  EXPECT_EQ(stream.finals, 1) << sweep;
 }
 
 namespace {

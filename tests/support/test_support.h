@@ -113,6 +113,8 @@ struct StreamCount {
   long long finals = 0;
 };
 StreamCount stream_count(Redis& redis, const std::string& sweep);
+// Expects the sweep's stream to announce each of its `total` jobs once, and its end once.
+void expect_each_job_announced_once(Redis& redis, const std::string& sweep, long long total);
 
 }  // namespace simq::test
 
