@@ -104,23 +104,15 @@ void Broker::recover_sweep(const std::string& id) {
     const auto index = parse_job_index(field);
     return index && *index < info->total ? index : std::nullopt;
   };
-  std::vector<uint64_t> taken;  // finished or re-queued below
-  store_.scan_hash(jobs_key(id), [&](const std::string& field, const std::string&) {
-    if (auto index = index_of(field)) taken.push_back(*index);
-  });
-  std::sort(taken.begin(), taken.end());
+  std::vector<uint64_t> taken = recorded_jobs(id, info->total);  // finished or re-queued below
   const auto finished = [&](uint64_t index) {
     return std::binary_search(taken.begin(), taken.end(), index);
   };
   // Jobs whose fence was raised (their worker was lost, or they wait for a retry) must run as
   // at least that attempt, or every result of theirs would be refused.
   std::unordered_map<uint64_t, uint32_t> fences;
-  store_.scan_hash(fence_key(id), [&](const std::string& field, const std::string& value) {
-    const auto index = index_of(field);
-    uint32_t attempt = 0;
-    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), attempt);
-    if (index && !finished(*index) && ec == std::errc() && attempt > 1) fences[*index] = attempt;
-  });
+  for (const auto& [index, attempt] : raised_fences(id, info->total))
+    if (!finished(index)) fences[index] = attempt;
   std::vector<JobRef> running;
   store_.scan_hash(running_key(id), [&](const std::string& field, const std::string& value) {
     const auto index = index_of(field);
@@ -162,6 +154,33 @@ void Broker::recover_sweep(const std::string& id) {
                info->total, running.size());
 }
 
+std::vector<uint64_t> Broker::recorded_jobs(const std::string& id, uint64_t total) {
+  std::vector<uint64_t> recorded;
+  store_.scan_hash(jobs_key(id), [&](const std::string& field, const std::string&) {
+    const auto index = parse_job_index(field);
+    if (index && *index < total) recorded.push_back(*index);
+  });
+  std::sort(recorded.begin(), recorded.end());
+  recorded.erase(std::unique(recorded.begin(), recorded.end()), recorded.end());  // HSCAN repeats
+  return recorded;
+}
+
+std::vector<std::pair<uint64_t, uint32_t>> Broker::raised_fences(const std::string& id,
+                                                                 uint64_t total) {
+  std::vector<std::pair<uint64_t, uint32_t>> fences;
+  store_.scan_hash(fence_key(id), [&](const std::string& field, const std::string& value) {
+    const auto index = parse_job_index(field);
+    uint32_t attempt = 0;
+    const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), attempt);
+    if (index && *index < total && ec == std::errc() && end == value.data() + value.size() &&
+        attempt > 1) {
+      fences.emplace_back(*index, attempt);
+    }
+  });
+  std::sort(fences.begin(), fences.end());
+  return fences;
+}
+
 bool Broker::serving(const std::string& id) const {
   if (dispatcher_.has_sweep(id)) return true;
   if (std::any_of(unfenced_.begin(), unfenced_.end(),
@@ -188,6 +207,50 @@ bool Broker::adopt_sweep(const std::string& id) {
   recover_sweep(id);  // reads all its records: a big sweep takes a while (see run())
   // Workers read an unreadable spec from Redis, and fail its jobs saying what is wrong.
   begin_serving(id, Json::parse(info->spec, nullptr, /*allow_exceptions=*/false));
+  return true;
+}
+
+bool Broker::requeue_lost_records(const std::string& id) {
+  // A job leaves this broker only with its DONE, which a worker sends once the job's record is
+  // in Redis. So a job of a running sweep that is neither held here nor recorded had a record
+  // that Redis lost. Its run left nothing: it runs again, at the attempt its fence allows.
+  if (cancelled_.contains(id)) return false;
+  const auto info = store_.sweep(id);
+  if (!info || info->status != "running") return false;
+  std::vector<std::pair<uint64_t, uint64_t>> covered;  // [first, first+count): held or recorded
+  dispatcher_.held_of(id, covered);
+  for (const auto& requeue : unfenced_)
+    if (requeue.job.sweep == id) covered.emplace_back(requeue.job.index, 1);
+  for (const auto& [due, job] : delayed_)
+    if (job.sweep == id) covered.emplace_back(job.index, 1);
+  for (const uint64_t index : recorded_jobs(id, info->total)) covered.emplace_back(index, 1);
+  std::sort(covered.begin(), covered.end());
+  const auto fences = raised_fences(id, info->total);
+
+  uint64_t lost = 0;
+  const auto queue_gap = [&](uint64_t first, uint64_t end) {
+    lost += end - first;
+    auto fence = std::lower_bound(fences.begin(), fences.end(), std::pair{first, uint32_t{0}});
+    for (; fence != fences.end() && fence->first < end; ++fence) {
+      if (fence->first > first) dispatcher_.add_range(id, first, fence->first - first);
+      dispatcher_.add_job(JobRef{id, fence->first, fence->second});
+      first = fence->first + 1;
+    }
+    if (end > first) dispatcher_.add_range(id, first, end - first);
+  };
+  uint64_t next = 0;
+  for (const auto& [first, count] : covered) {
+    if (first > next) queue_gap(next, first);
+    next = std::max(next, first + count);
+  }
+  if (next < info->total) queue_gap(next, info->total);
+  if (lost > 0) {
+    counters_.records_lost += lost;
+    spdlog::warn(
+        "sweep {}: {} jobs reported finished have no record in Redis (lost in a Redis crash or "
+        "restart?): queued to run again",
+        id, lost);
+  }
   return true;
 }
 
@@ -227,9 +290,8 @@ void Broker::reconcile() {
   while (!reconcile_queue_.empty()) {
     const std::string id = std::move(reconcile_queue_.back());
     reconcile_queue_.pop_back();
-    if (serving(id)) continue;
     try {
-      if (adopt_sweep(id)) break;
+      if (serving(id) ? requeue_lost_records(id) : adopt_sweep(id)) break;
     } catch (const ConnectError& e) {
       redis_failed(e);
       reconcile_queue_.clear();
@@ -681,6 +743,7 @@ void Broker::publish_status() {
                        {"retries", counters_.retries},
                        {"queue_full", counters_.queue_full},
                        {"cancelled", counters_.cancelled},
+                       {"records_lost", counters_.records_lost},
                        {"max_queued", options_.max_queued},
                        {"unfenced", unfenced_.size()},
                        {"delayed", delayed_.size()},

@@ -44,6 +44,7 @@ struct BrokerCounters {
   uint64_t retries = 0;       // jobs a worker asked to run again (retryable failures)
   uint64_t queue_full = 0;    // SUBMITs refused because --max-queued jobs were waiting
   uint64_t cancelled = 0;     // sweeps cancelled
+  uint64_t records_lost = 0;  // jobs reported finished whose records Redis lost: run again
 };
 
 // Redis outages as the broker saw them, for `simq status` once Redis is back.
@@ -77,6 +78,10 @@ class Broker {
   void recover();
   void recover_sweeps();
   void recover_sweep(const std::string& id);
+  // Indices below `total` of the jobs of sweep `id` with a terminal record, sorted.
+  std::vector<uint64_t> recorded_jobs(const std::string& id, uint64_t total);
+  // (index, attempt) of the jobs of sweep `id` below `total` fenced above attempt 1, sorted.
+  std::vector<std::pair<uint64_t, uint32_t>> raised_fences(const std::string& id, uint64_t total);
   // Whether a job of sweep `id` is queued, in flight, waiting for its fence or for a retry.
   bool serving(const std::string& id) const;
   // Queues the unfinished jobs of a sweep Redis has as running of which this broker holds no
@@ -87,8 +92,13 @@ class Broker {
   void begin_serving(const std::string& id, const Json& spec);
   // dispatch() from a handler: a failure is logged, not answered to the client.
   void dispatch_early();
-  // After an outage: adopts the sweeps Redis has as running that are not served here, one
-  // per call while reconcile_due_.
+  // Queues again the jobs of sweep `id`, served here and running in Redis, that are neither
+  // held here nor recorded: Redis lost their records after their DONE came (a crash that lost
+  // its last writes, a restart from an older snapshot). Returns whether it looked (false for a
+  // sweep not running in Redis or cancelled here).
+  bool requeue_lost_records(const std::string& id);
+  // After an outage, one sweep Redis has as running per call while reconcile_due_: adopts it
+  // if it is not served here, else requeues the jobs whose records Redis lost.
   void reconcile();
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);

@@ -227,6 +227,16 @@ uint64_t Dispatcher::in_flight_of(const std::string& sweep) const {
   return count;
 }
 
+void Dispatcher::held_of(const std::string& sweep,
+                         std::vector<std::pair<uint64_t, uint64_t>>& ranges) const {
+  const auto known = sweep_handles_.find(sweep);
+  if (known == sweep_handles_.end()) return;
+  for (const auto& entry : queue_)
+    if (entry.sweep == known->second) ranges.emplace_back(entry.first, entry.count);
+  for (const auto& [key, record] : in_flight_)
+    if (key.sweep == known->second) ranges.emplace_back(key.index, 1);
+}
+
 bool Dispatcher::has_sweep(const std::string& sweep) const {
   return sweep_handles_.contains(sweep);  // interned while entries or in-flight jobs name it
 }

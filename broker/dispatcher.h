@@ -92,6 +92,9 @@ class Dispatcher {
   uint32_t busy(const WorkerId& worker) const;  // slots still held by earlier jobs; 0 if unknown
   uint64_t in_flight_of(const std::string& sweep) const;
   bool has_sweep(const std::string& sweep) const;  // any job of it queued or in flight
+  // Appends the jobs of a sweep queued or in flight as [first, first+count) ranges, in no
+  // particular order. O(queue entries + jobs in flight).
+  void held_of(const std::string& sweep, std::vector<std::pair<uint64_t, uint64_t>>& ranges) const;
   size_t workers() const;
 
  private:

@@ -600,6 +600,15 @@ TEST(Chaos, RedisRestartedMidSweep) {
   for (size_t i = 0; i < cluster.workers(); ++i) {
     EXPECT_EQ(cluster.worker(i).poll(), std::nullopt) << "worker " << i << " exited";
   }
+  // A clean shutdown loses nothing: looking for lost records after the outage finds none.
+  Json status;
+  EXPECT_TRUE(wait_until(
+      [&] {
+        status = Json::parse(redis->command({"GET", "simq:broker"}).str, nullptr, false);
+        return status.is_object();
+      },
+      10s));
+  EXPECT_EQ(status.value("records_lost", -1), 0) << status.dump();
   fmt::print(
       "[chaos] redis_restart: jobs={} outage_ms={} succeeded_at_restart={} lost={} "
       "duplicate_writes={} verify_lost={} wall_s={:.1f}\n",

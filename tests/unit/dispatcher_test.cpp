@@ -213,6 +213,29 @@ TEST(Dispatcher, HasASweepWhileAJobOfItIsQueuedOrInFlight) {
   EXPECT_FALSE(d.has_sweep("t"));
 }
 
+TEST(Dispatcher, HeldOfListsTheSweepsQueuedAndInFlightJobs) {
+  using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+  const auto held = [](const Dispatcher& d, const std::string& sweep) {
+    Ranges ranges;
+    d.held_of(sweep, ranges);
+    std::sort(ranges.begin(), ranges.end());
+    return ranges;
+  };
+  Dispatcher d;
+  EXPECT_EQ(held(d, "s"), Ranges{});
+  d.add_range("s", 0, 10);
+  d.add_range("t", 0, 5);
+  d.add_job(JobRef{"s", 20, 2});
+  d.add_worker("w", 3);
+  const auto out = d.dispatch(8);  // s#0..2 in flight
+  ASSERT_EQ(jobs_of(out, "w").size(), 3u);
+  EXPECT_TRUE(d.complete("w", JobRef{"s", 1, 1}));
+  EXPECT_EQ(held(d, "s"), (Ranges{{0, 1}, {2, 1}, {3, 7}, {20, 1}}));
+  EXPECT_EQ(held(d, "t"), (Ranges{{0, 5}}));
+  d.drop_sweep("t");
+  EXPECT_EQ(held(d, "t"), Ranges{});
+}
+
 TEST(Dispatcher, FifoWithinAndAcrossSweeps) {
   Dispatcher d;
   d.add_range("a", 0, 3);
