@@ -26,6 +26,26 @@ std::chrono::milliseconds redis_call_timeout(int heartbeat_ms) {
   return std::chrono::milliseconds(std::clamp(heartbeat_ms / 2, 100, 500));
 }
 
+// The reply timeout while the broker recovers sweeps at start: a 10^6-job sweep's records take
+// many HSCAN batches, and no worker waits for heartbeats yet.
+constexpr std::chrono::milliseconds kSweepReadTimeout{5000};
+
+// Raises a connection's reply timeout for a scope.
+class ScopedTimeout {
+ public:
+  ScopedTimeout(Redis& redis, std::chrono::milliseconds timeout)
+      : redis_(redis), previous_(redis.timeout()) {
+    redis_.set_timeout(timeout);
+  }
+  ~ScopedTimeout() { redis_.set_timeout(previous_); }
+  ScopedTimeout(const ScopedTimeout&) = delete;
+  ScopedTimeout& operator=(const ScopedTimeout&) = delete;
+
+ private:
+  Redis& redis_;
+  std::chrono::milliseconds previous_;
+};
+
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -67,15 +87,9 @@ Broker::Broker(zmq::context_t& context, BrokerOptions options)
 
 void Broker::recover() {
   // Before serving: nobody waits for heartbeats yet, and a big HSCAN may take a while.
-  const auto timeout = store_.redis().timeout();
-  store_.redis().set_timeout(std::chrono::milliseconds(5000));
-  try {
-    recover_sweeps();
-  } catch (...) {
-    store_.redis().set_timeout(timeout);
-    throw;
-  }
-  store_.redis().set_timeout(timeout);
+  const ScopedTimeout longer(store_.redis(), kSweepReadTimeout);
+  redis_run_id_ = store_.server_run_id();  // the server whose records the queue is built from
+  recover_sweeps();
 }
 
 void Broker::recover_sweeps() {
@@ -137,18 +151,13 @@ void Broker::recover_sweep(const std::string& id) {
     unfenced_.push_back(Requeue{job, ""});
     taken.push_back(job.index);
   }
-  std::sort(taken.begin(), taken.end());
-  taken.erase(std::unique(taken.begin(), taken.end()), taken.end());
+  std::vector<std::pair<uint64_t, uint64_t>> covered;
+  covered.reserve(taken.size());
+  for (const uint64_t index : taken) covered.emplace_back(index, 1);
   uint64_t queued = running.size();
-  uint64_t next = 0;
-  for (const uint64_t index : taken) {
-    if (index > next) dispatcher_.add_range(id, next, index - next);
-    queued += index > next ? index - next : 0;
-    next = index + 1;
-  }
-  if (next < info->total) {
-    dispatcher_.add_range(id, next, info->total - next);
-    queued += info->total - next;
+  for (const auto& run : uncovered_runs(std::move(covered), info->total)) {
+    dispatcher_.add_range(id, run.first, run.count);
+    queued += run.count;
   }
   spdlog::info("recovered sweep {}: {} of {} jobs queued ({} were running or fenced)", id, queued,
                info->total, running.size());
@@ -212,43 +221,34 @@ bool Broker::adopt_sweep(const std::string& id) {
 
 bool Broker::requeue_lost_records(const std::string& id) {
   // A job leaves this broker only with its DONE, which a worker sends once the job's record is
-  // in Redis. So a job of a running sweep that is neither held here nor recorded had a record
-  // that Redis lost. Its run left nothing: it runs again, at the attempt its fence allows.
+  // in Redis (or, rarely, without one: a record it could not build or Redis refused). So a job
+  // of a running sweep that is neither held here nor recorded most likely had a record that
+  // Redis lost. It runs again, at the attempt its fence allows (its lost run's attempt, often).
   if (cancelled_.contains(id)) return false;
   const auto info = store_.sweep(id);
   if (!info || info->status != "running") return false;
-  std::vector<std::pair<uint64_t, uint64_t>> covered;  // [first, first+count): held or recorded
+  std::vector<std::pair<uint64_t, uint64_t>> covered;  // (first, count): held or recorded
   dispatcher_.held_of(id, covered);
   for (const auto& requeue : unfenced_)
     if (requeue.job.sweep == id) covered.emplace_back(requeue.job.index, 1);
   for (const auto& [due, job] : delayed_)
     if (job.sweep == id) covered.emplace_back(job.index, 1);
   for (const uint64_t index : recorded_jobs(id, info->total)) covered.emplace_back(index, 1);
-  std::sort(covered.begin(), covered.end());
-  const auto fences = raised_fences(id, info->total);
-
   uint64_t lost = 0;
-  const auto queue_gap = [&](uint64_t first, uint64_t end) {
-    lost += end - first;
-    auto fence = std::lower_bound(fences.begin(), fences.end(), std::pair{first, uint32_t{0}});
-    for (; fence != fences.end() && fence->first < end; ++fence) {
-      if (fence->first > first) dispatcher_.add_range(id, first, fence->first - first);
-      dispatcher_.add_job(JobRef{id, fence->first, fence->second});
-      first = fence->first + 1;
+  for (const auto& run :
+       uncovered_runs(std::move(covered), info->total, raised_fences(id, info->total))) {
+    if (run.attempt == 1) {
+      dispatcher_.add_range(id, run.first, run.count);
+    } else {
+      dispatcher_.add_job(JobRef{id, run.first, run.attempt});
     }
-    if (end > first) dispatcher_.add_range(id, first, end - first);
-  };
-  uint64_t next = 0;
-  for (const auto& [first, count] : covered) {
-    if (first > next) queue_gap(next, first);
-    next = std::max(next, first + count);
+    lost += run.count;
   }
-  if (next < info->total) queue_gap(next, info->total);
   if (lost > 0) {
     counters_.records_lost += lost;
     spdlog::warn(
-        "sweep {}: {} jobs reported finished have no record in Redis (lost in a Redis crash or "
-        "restart?): queued to run again",
+        "sweep {}: {} jobs have no record in Redis and are not queued or running here (records "
+        "Redis lost?): queued to run again",
         id, lost);
   }
   return true;
@@ -278,9 +278,21 @@ void Broker::reconcile() {
   // jobs here (a create whose reply was lost and whose producer gave up; records a restarted
   // Redis lost after their DONE). Each is queued again, one per turn of the loop: adopting a
   // big sweep reads all its records, and workers' messages must not wait for every sweep.
+  // If Redis is another server process than before (restarted, failed over), the sweeps
+  // served here are looked into too, for records it lost. (With the loop's short reply
+  // timeout: the loop must keep heartbeating.)
   if (reconcile_queue_.empty()) {
     try {
+      const std::string run_id = store_.server_run_id();
       reconcile_queue_ = store_.active_sweeps();
+      checking_lost_ = run_id.empty() || run_id != redis_run_id_;
+      checking_run_id_ = run_id;
+      if (checking_lost_) {
+        spdlog::warn(
+            "Redis at {} is not the server process it was (restarted, or failed over): looking "
+            "for records it lost (running sweeps: {})",
+            options_.redis.url(), reconcile_queue_.size());
+      }
     } catch (const ConnectError& e) {
       redis_failed(e);  // when Redis answers again, the outage's end starts this over
       reconcile_due_ = false;
@@ -291,9 +303,11 @@ void Broker::reconcile() {
     const std::string id = std::move(reconcile_queue_.back());
     reconcile_queue_.pop_back();
     try {
-      if (serving(id) ? requeue_lost_records(id) : adopt_sweep(id)) break;
+      const bool looked =
+          serving(id) ? checking_lost_ && requeue_lost_records(id) : adopt_sweep(id);
+      if (looked) break;  // one sweep's records per turn
     } catch (const ConnectError& e) {
-      redis_failed(e);
+      redis_failed(e);  // the next pass starts over, looking for lost records again if due
       reconcile_queue_.clear();
       reconcile_due_ = false;
       return;
@@ -302,6 +316,10 @@ void Broker::reconcile() {
     }
   }
   reconcile_due_ = !reconcile_queue_.empty();
+  if (!reconcile_due_ && checking_lost_) {
+    redis_run_id_ = checking_run_id_;  // every sweep was looked into
+    checking_lost_ = false;
+  }
 }
 
 void Broker::refuse(zmq::socket_t& socket, const std::string& identity, uint64_t req,

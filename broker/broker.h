@@ -98,7 +98,8 @@ class Broker {
   // sweep not running in Redis or cancelled here).
   bool requeue_lost_records(const std::string& id);
   // After an outage, one sweep Redis has as running per call while reconcile_due_: adopts it
-  // if it is not served here, else requeues the jobs whose records Redis lost.
+  // if it is not served here; else, if Redis is another server process than before, requeues
+  // the jobs whose records it lost.
   void reconcile();
   void on_frontend(const Envelope& message);
   void on_backend(const Envelope& message);
@@ -143,6 +144,12 @@ class Broker {
   bool status_unpublished_ = false;           // the last status snapshot could not be written
   bool reconcile_due_ = false;                // an outage ended: look for sweeps nobody serves
   std::vector<std::string> reconcile_queue_;  // active sweeps still to look at
+  // The Redis server process (INFO run_id) whose records this broker's queue agrees with; a
+  // reconciliation that finds another one looks for lost records (checking_lost_) and, once
+  // it has looked at every sweep, takes checking_run_id_ as its own.
+  std::string redis_run_id_;
+  std::string checking_run_id_;
+  bool checking_lost_ = false;
 
   // Jobs that will run as a higher attempt once their fence is in Redis (lost workers,
   // recovered running jobs, retries whose delay is over), oldest first.

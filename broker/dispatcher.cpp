@@ -227,6 +227,31 @@ uint64_t Dispatcher::in_flight_of(const std::string& sweep) const {
   return count;
 }
 
+std::vector<JobRun> uncovered_runs(std::vector<std::pair<uint64_t, uint64_t>> covered,
+                                   uint64_t total,
+                                   const std::vector<std::pair<uint64_t, uint32_t>>& fences) {
+  std::sort(covered.begin(), covered.end());
+  std::vector<JobRun> runs;
+  auto fence = fences.begin();
+  const auto add_gap = [&](uint64_t first, uint64_t end) {
+    for (; fence != fences.end() && fence->first < end; ++fence) {
+      if (fence->first < first) continue;  // covered, or a repeat of the one just queued
+      if (fence->first > first) runs.push_back(JobRun{first, fence->first - first, 1});
+      runs.push_back(JobRun{fence->first, 1, fence->second});
+      first = fence->first + 1;
+    }
+    if (end > first) runs.push_back(JobRun{first, end - first, 1});
+  };
+  uint64_t next = 0;
+  for (const auto& [first, count] : covered) {
+    if (first >= total) break;
+    if (first > next) add_gap(next, first);
+    next = std::max(next, first + count);
+  }
+  if (next < total) add_gap(next, total);
+  return runs;
+}
+
 void Dispatcher::held_of(const std::string& sweep,
                          std::vector<std::pair<uint64_t, uint64_t>>& ranges) const {
   const auto known = sweep_handles_.find(sweep);

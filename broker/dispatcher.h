@@ -23,6 +23,21 @@ struct Assignment {
   std::vector<JobRef> jobs;  // never more than the worker's free credit
 };
 
+// Jobs [first, first+count) of one sweep, to be queued at `attempt`.
+struct JobRun {
+  uint64_t first = 0;
+  uint64_t count = 0;
+  uint32_t attempt = 1;
+  bool operator==(const JobRun&) const = default;
+};
+
+// The jobs of [0, total) in none of the `covered` ranges ((first, count), in any order, may
+// overlap), in index order: runs at attempt 1, except the jobs `fences` lists ((index,
+// attempt) sorted by index; repeats allowed), each a run of its own at its attempt.
+std::vector<JobRun> uncovered_runs(std::vector<std::pair<uint64_t, uint64_t>> covered,
+                                   uint64_t total,
+                                   const std::vector<std::pair<uint64_t, uint32_t>>& fences = {});
+
 class Dispatcher {
  public:
   // Queues jobs [first, first+count) of a sweep behind everything already queued (FIFO

@@ -574,6 +574,21 @@ void Store::put_broker_status(const Json& status, std::chrono::milliseconds ttl)
 
 void Store::clear_broker_status() { redis_.command({"DEL", kBrokerKey}); }
 
+std::string Store::server_run_id() {
+  RedisReply reply;
+  try {
+    reply = redis_.command({"INFO", "server"});
+  } catch (const StoreError&) {
+    return "";  // INFO is disabled here: the caller cannot tell servers apart
+  }
+  constexpr std::string_view kField = "run_id:";
+  const auto at = reply.str.find(kField);
+  if (at == std::string::npos) return "";
+  const auto begin = at + kField.size();
+  const auto end = reply.str.find_first_of("\r\n", begin);
+  return reply.str.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+}
+
 std::optional<Json> Store::broker_status() {
   auto reply = redis_.command({"GET", kBrokerKey});
   if (reply.is_nil()) return std::nullopt;

@@ -89,8 +89,9 @@ TEST(Outage, FrozenRedisLosesNothingAndNoWorkerIsDeclaredDead) {
       10s));
   EXPECT_EQ(status["workers_lost"], 0) << cluster.logs();
   EXPECT_EQ(status["workers"].size(), 2u);
-  // Looking for lost records after the outage found none: every job was held or recorded.
+  // The same Redis process came back: the broker does not look for lost records.
   EXPECT_EQ(status["records_lost"], 0) << cluster.logs();
+  EXPECT_THAT(cluster.logs(), Not(HasSubstr("is not the server process it was")));
 }
 
 // A no-op grid sweep of `jobs` jobs.
@@ -226,7 +227,9 @@ TEST(Outage, JobsWhoseRecordsARestartedRedisLostRunAgain) {
   EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, kJobs);
   expect_each_job_announced_once(*redis, sweep, kJobs);
   const std::string logs = cluster.logs();
-  EXPECT_THAT(logs, HasSubstr("jobs reported finished have no record in Redis")) << logs;
+  EXPECT_THAT(logs, HasSubstr("is not the server process it was")) << logs;
+  EXPECT_THAT(logs, HasSubstr("jobs have no record in Redis and are not queued or running here"))
+      << logs;
   EXPECT_THAT(logs, Not(HasSubstr("none of its jobs is queued here")))
       << "the sweep ended before Redis answered again: the test missed its point";
   Json status;
@@ -238,7 +241,10 @@ TEST(Outage, JobsWhoseRecordsARestartedRedisLostRunAgain) {
       },
       10s));
   EXPECT_GE(status["records_lost"].get<int>(), before_restart - after_restart) << status.dump();
-  EXPECT_LE(status["records_lost"].get<int>(), kJobs - after_restart) << status.dump();
+  // Jobs the broker held (queued, in flight) are not among them: at 200 jobs/s, fewer than 50
+  // can finish between the count before the restart and Redis stopping.
+  EXPECT_LE(status["records_lost"].get<int>(), before_restart - after_restart + 50)
+      << status.dump();
 }
 
 // A TCP listener that never accepts: connections complete (the kernel's backlog) but no

@@ -154,6 +154,17 @@ TEST_F(StoreTest, OneWriteOfManyRecordsIsOneStreamEntryListingThemByStatus) {
   EXPECT_FALSE(rest[2].cancelled);
 }
 
+TEST_F(StoreTest, TheServerRunIdChangesWithTheServerProcess) {
+  const std::string before = store.server_run_id();
+  EXPECT_EQ(before.size(), 40u) << before;
+  EXPECT_EQ(store.server_run_id(), before);
+  server.restart(/*appendonly=*/false);
+  EXPECT_THROW(store.server_run_id(), ConnectError);  // the old connection is gone
+  const std::string after = store.server_run_id();    // reconnected
+  EXPECT_EQ(after.size(), 40u) << after;
+  EXPECT_NE(after, before);
+}
+
 TEST(JobIndex, OnlyTheDecimalFormTheStoreWritesIsAnIndex) {
   EXPECT_EQ(parse_job_index("0"), 0u);
   EXPECT_EQ(parse_job_index("42"), 42u);

@@ -36,6 +36,10 @@ std::atomic<uint64_t> g_allocated_bytes{0};
 
 namespace simq {
 
+void PrintTo(const JobRun& run, std::ostream* os) {
+  *os << "[" << run.first << ", +" << run.count << ")@" << run.attempt;
+}
+
 void PrintTo(const JobRef& job, std::ostream* os) {
   *os << job.sweep << "#" << job.index << "@" << job.attempt;
 }
@@ -234,6 +238,22 @@ TEST(Dispatcher, HeldOfListsTheSweepsQueuedAndInFlightJobs) {
   EXPECT_EQ(held(d, "t"), (Ranges{{0, 5}}));
   d.drop_sweep("t");
   EXPECT_EQ(held(d, "t"), Ranges{});
+}
+
+TEST(UncoveredRuns, AreTheGapsBetweenCoveredRangesWithFencedJobsOnTheirOwn) {
+  using Runs = std::vector<JobRun>;
+  EXPECT_EQ(uncovered_runs({}, 0), Runs{});
+  EXPECT_EQ(uncovered_runs({}, 5), (Runs{{0, 5, 1}}));
+  // Unsorted, overlapping, nested and repeated ranges; one past the end.
+  EXPECT_EQ(uncovered_runs({{6, 2}, {1, 3}, {2, 1}, {6, 2}, {12, 5}}, 14),
+            (Runs{{0, 1, 1}, {4, 2, 1}, {8, 4, 1}}));
+  EXPECT_EQ(uncovered_runs({{0, 10}}, 10), Runs{});
+  // Fenced jobs in a gap are runs of their own at their attempt; fences of covered jobs and
+  // repeated fences (HSCAN may visit a field twice) change nothing.
+  EXPECT_EQ(uncovered_runs({{3, 2}}, 10, {{1, 2}, {3, 4}, {5, 3}, {5, 3}, {9, 2}}),
+            (Runs{{0, 1, 1}, {1, 1, 2}, {2, 1, 1}, {5, 1, 3}, {6, 3, 1}, {9, 1, 2}}));
+  EXPECT_EQ(uncovered_runs({}, 3, {{0, 2}, {1, 2}, {2, 2}}),
+            (Runs{{0, 1, 2}, {1, 1, 2}, {2, 1, 2}}));
 }
 
 TEST(Dispatcher, FifoWithinAndAcrossSweeps) {

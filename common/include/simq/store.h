@@ -167,6 +167,10 @@ class Store {
   // Id of the newest completion event, std::nullopt if there is none.
   std::optional<std::string> newest_event_id(const std::string& sweep);
 
+  // The Redis server process's run_id (INFO server): another one after a restart or a
+  // failover. "" if Redis does not say (INFO refused or renamed). Throws ConnectError.
+  std::string server_run_id();
+
   void put_broker_status(const Json& status, std::chrono::milliseconds ttl);
   void clear_broker_status();
   std::optional<Json> broker_status();
