@@ -677,19 +677,24 @@ void Broker::dispatch() {
     if (assignments.empty()) return;
     for (auto& assignment : assignments) {
       DispatchMsg message(std::move(assignment.jobs));
-      // The specs of sweeps new to this worker come along: it need not read them from Redis.
+      // The specs of sweeps new to this worker come along, so it need not read them from
+      // Redis. Those not kept here it is told to read: a spec it kept under the same id, from
+      // before it joined or before the id was used again, may be another sweep's.
       const auto worker = workers_.find(assignment.worker);
-      if (worker != workers_.end() && !inline_specs_.empty()) {
-        auto& sent = worker->second.specs_sent;
+      if (worker != workers_.end()) {
+        auto& told = worker->second.sweeps_told;
         const std::string* last = nullptr;  // a batch is mostly runs of one sweep's jobs
         for (const auto& job : message.jobs) {
           if (last != nullptr && *last == job.sweep) continue;
           last = &job.sweep;
-          const auto spec = inline_specs_.find(job.sweep);
-          if (spec == inline_specs_.end() || sent.contains(job.sweep)) continue;
-          if (sent.size() >= kMaxSpecsSent) sent.clear();
-          sent.insert(job.sweep);
-          message.spec_bodies.emplace_back(job.sweep, spec->second);
+          if (told.contains(job.sweep)) continue;
+          if (told.size() >= kMaxSweepsTold) told.clear();
+          told.insert(job.sweep);
+          if (const auto spec = inline_specs_.find(job.sweep); spec != inline_specs_.end()) {
+            message.spec_bodies.emplace_back(job.sweep, spec->second);
+          } else {
+            message.reload.push_back(job.sweep);
+          }
         }
       }
       if (hop_tracing()) {
@@ -703,7 +708,7 @@ void Broker::dispatch() {
 
 void Broker::forget_spec(const std::string& sweep) {
   // A sweep id used again (the old sweep expired): no worker may get the old spec for it.
-  for (auto& [id, worker] : workers_) worker.specs_sent.erase(sweep);
+  for (auto& [id, worker] : workers_) worker.sweeps_told.erase(sweep);
   if (const auto old = inline_specs_.find(sweep); old != inline_specs_.end()) {
     inline_bytes_ -= old->second.size();
     inline_specs_.erase(old);

@@ -72,7 +72,8 @@ class Broker {
   struct WorkerInfo {
     std::string name;
     uint32_t slots = 0;
-    std::unordered_set<std::string> specs_sent;  // sweeps whose spec a DISPATCH carried to it
+    // Sweeps a DISPATCH to it carried the spec of, or told it to read from Redis (`reload`).
+    std::unordered_set<std::string> sweeps_told;
   };
 
   void recover();
@@ -166,7 +167,7 @@ class Broker {
   // Specs DISPATCH carries to workers that have not had them, oldest first.
   static constexpr size_t kInlineSpecMaxBytes = size_t{64} << 10;
   static constexpr size_t kInlineSpecsBytes = size_t{8} << 20;
-  static constexpr size_t kMaxSpecsSent = 4096;  // per worker, then forgotten (sent again)
+  static constexpr size_t kMaxSweepsTold = 4096;  // per worker, then forgotten (told again)
   std::unordered_map<std::string, std::string> inline_specs_;
   std::deque<std::string> inline_order_;
   size_t inline_bytes_ = 0;

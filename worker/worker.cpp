@@ -583,11 +583,14 @@ void Worker::on_dispatch(Connection& connection, std::string_view body, bool sto
     ++stats_.malformed;  // its jobs run: their specs are read from Redis
     spdlog::warn("malformed DISPATCH from the broker: {}", dispatch.spec_problem);
   }
+  // A spec kept under one of these ids may be an older sweep's: the id may be used again.
+  for (const auto& sweep : dispatch.reload) forget_cached_spec(sweep);
   for (const auto& [sweep, json] : dispatch.specs) {
-    try {  // replaces a cached spec: the id may be used again by a new sweep
+    try {  // replaces a cached spec, for the same reason
       cache_spec(sweep,
                  std::make_shared<const SweepSpec>(SweepSpec::from_json(json, "sweep " + sweep)));
     } catch (const std::exception& e) {  // the slot reads it from Redis, and says what is wrong
+      forget_cached_spec(sweep);
       spdlog::debug("DISPATCH: the spec of sweep {} is unusable: {}", sweep, e.what());
     }
   }
@@ -947,6 +950,11 @@ Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
   }
   cache_spec(sweep, spec);
   return SpecLookup::found(std::move(spec));
+}
+
+void Worker::forget_cached_spec(const std::string& sweep) {
+  const std::lock_guard lock(specs_mutex_);
+  if (specs_.erase(sweep) > 0) std::erase(spec_order_, sweep);
 }
 
 void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec) {

@@ -224,6 +224,8 @@ class Worker {
   JobWrite failed_job(const JobRef& job, const std::string& kernel, const std::string& error);
   SpecLookup lookup_sweep(const std::string& sweep, const std::stop_token& stop);
   std::shared_ptr<const SweepSpec> cached_spec(const std::string& sweep);
+  // Drops a kept spec: the next job of the sweep reads it from Redis.
+  void forget_cached_spec(const std::string& sweep);
   // Keeps a spec (from Redis or a DISPATCH); the oldest goes past options_.max_cached_sweeps.
   void cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec);
   // Reads a sweep from Redis and caches its spec; throws as Store::sweep() does. Called under

@@ -221,16 +221,22 @@ CreditMsg decode_credit(std::string_view body) {
 }
 
 std::string encode(const DispatchMsg& msg) {
-  if (msg.spec_bodies.empty()) return encode_jobs(msg.jobs);
+  if (msg.spec_bodies.empty() && msg.reload.empty()) return encode_jobs(msg.jobs);
   msgpack::sbuffer buffer;
   Packer p(buffer);
-  p.pack_map(2);
+  p.pack_map(1u + (msg.spec_bodies.empty() ? 0u : 1u) + (msg.reload.empty() ? 0u : 1u));
   pack_jobs(p, msg.jobs);
-  pack_key(p, "specs");
-  p.pack_map(static_cast<uint32_t>(msg.spec_bodies.size()));
-  for (const auto& [sweep, body] : msg.spec_bodies) {
-    p.pack(sweep);
-    buffer.write(body.data(), body.size());  // already MessagePack (encode_spec)
+  if (!msg.spec_bodies.empty()) {
+    pack_key(p, "specs");
+    p.pack_map(static_cast<uint32_t>(msg.spec_bodies.size()));
+    for (const auto& [sweep, body] : msg.spec_bodies) {
+      p.pack(sweep);
+      buffer.write(body.data(), body.size());  // already MessagePack (encode_spec)
+    }
+  }
+  if (!msg.reload.empty()) {
+    pack_key(p, "reload");
+    p.pack(msg.reload);
   }
   return {buffer.data(), buffer.size()};
 }
@@ -374,6 +380,18 @@ DispatchMsg decode_dispatch(std::string_view body) {
       msg.specs.clear();
       msg.spec_problem = e.what();
     }
+  }
+  try {
+    msg.reload = r.str_list_or("reload");
+  } catch (const ProtocolError& e) {
+    msg.spec_problem += (msg.spec_problem.empty() ? "" : "; ") + std::string(e.what());
+  }
+  if (!msg.spec_problem.empty()) {
+    // Which sweeps are new to this worker is unknown: no spec it kept for any sweep of these
+    // jobs is trusted, each is read from Redis.
+    msg.reload.clear();
+    for (const auto& job : msg.jobs)
+      if (msg.reload.empty() || msg.reload.back() != job.sweep) msg.reload.push_back(job.sweep);
   }
   return msg;
 }

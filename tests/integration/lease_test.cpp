@@ -170,6 +170,25 @@ TEST(Lease, CreditBeyondTheSlotsIsDispatchedAndHandedBackJobsRunElsewhere) {
   EXPECT_TRUE(fast.dispatched(300ms).empty()) << "its 2 jobs in flight fill its credit of 1";
 }
 
+TEST(Lease, ASweepWhoseSpecDoesNotComeAlongIsToBeReadFromRedis) {
+  // Specs over 64 KiB are not sent with DISPATCH. The first DISPATCH of such a sweep to a
+  // worker says so (`reload`): a spec the worker kept under that id may be another sweep's.
+  TestCluster cluster({.workers = 0});
+  zmq::context_t context;
+  Peer worker(context, cluster.backend());
+  worker.hello("scripted:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[params]\npad = \"" +
+                                         std::string(70 * 1024, 'x') + "\"\n[grid]\ni = [1, 2]\n");
+  const DispatchMsg first = worker.dispatch();
+  ASSERT_EQ(first.jobs, (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+  EXPECT_TRUE(first.specs.empty());
+  EXPECT_EQ(first.reload, std::vector<std::string>{sweep});
+  worker.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 0, 1}, true, std::nullopt}}}));
+  const DispatchMsg second = worker.dispatch();
+  ASSERT_EQ(second.jobs, (std::vector<JobRef>{{sweep, 1, 1}})) << cluster.logs();
+  EXPECT_TRUE(second.reload.empty()) << "told once per worker";
+}
+
 TEST(Lease, ALostWorkersJobRunsAsTheNextAttemptWithTheLossRecorded) {
   TestCluster cluster({.workers = 0, .heartbeat_ms = 100, .liveness = 3});
   zmq::context_t context;

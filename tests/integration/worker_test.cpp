@@ -18,6 +18,7 @@
 #include <vector>
 #include <zmq.hpp>
 
+#include "client.h"
 #include "simq/json.h"
 #include "simq/protocol.h"
 #include "simq/store.h"
@@ -813,6 +814,39 @@ TEST(Worker, ShortJobsEarnAPrefetchThatALongKernelHandsBack) {
   EXPECT_EQ(done[0].job, (JobRef{slow, 0, 1})) << "only the job that started runs here";
   EXPECT_FALSE(worker.done(1, 1500ms).size() > 0) << "the handed-back jobs do not run here";
   EXPECT_TRUE(record_of(redis, slow, 1).is_null());
+}
+
+TEST(Worker, ASweepIdUsedAgainRunsTheNewSpecNotTheOneTheWorkerKept) {
+  // A client may use a sweep id again once the old sweep expired. Specs over 64 KiB do not
+  // come with DISPATCH; the worker reads them from Redis and keeps them: the new sweep's jobs
+  // must run with the new spec.
+  TestCluster cluster({.workers = 1, .broker_args = {"--result-ttl", "1"}});
+  BrokerClient client(cluster.frontend());
+  auto redis = cluster.redis().connect();
+  const std::string sweep = "nightly-scan";
+  const std::string pad(70 * 1024, 'x');
+  const auto run = [&](const std::string& version) {
+    const Json spec = {{"kernel", "noop"},
+                       {"params", {{"version", version}, {"pad", pad}}},
+                       {"grid", {{"i", {{"range", {0, 3}}}}}}};
+    EXPECT_FALSE(
+        client.submit(sweep, SweepSpec::from_json(spec, "test"), "test", 30s).reply.existed);
+    const auto waited = cluster.simq({"wait", sweep, "--timeout", "30"});
+    ASSERT_EQ(waited.status, 0) << waited.out << waited.err << cluster.logs();
+    for (int i = 0; i < 3; ++i) {
+      const auto record =
+          Json::parse(redis->command({"HGET", jobs_key(sweep), std::to_string(i)}).str);
+      EXPECT_EQ(record["result"]["version"], version) << "job " << i;
+    }
+  };
+  run("first");
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return redis->command({"EXISTS", sweep_key(sweep)}).integer == 0;
+      },
+      10s))
+      << "the first sweep's records did not expire";
+  run("second");
 }
 
 }  // namespace

@@ -117,6 +117,41 @@ TEST(Protocol, DispatchMayCarrySpecs) {
   EXPECT_TRUE(kept.specs.empty());
   EXPECT_THAT(kept.spec_problem,
               HasSubstr("DISPATCH: field 'specs': expected a map per sweep, got array"));
+  // No spec kept for these sweeps can be trusted then: both are to be read from Redis.
+  EXPECT_EQ(kept.reload, (std::vector<std::string>{"s1", "s2"}));
+}
+
+TEST(Protocol, DispatchMayTellTheWorkerToReadSpecsFromRedis) {
+  DispatchMsg sent(std::vector<JobRef>{{"s1", 0, 1}, {"s2", 4, 1}, {"s2", 5, 1}});
+  sent.spec_bodies.emplace_back("s1", encode_spec(Json{{"kernel", "noop"}}));
+  sent.reload = {"s2"};
+  const auto got = decode_dispatch(encode(sent));
+  EXPECT_EQ(got.jobs, sent.jobs);
+  ASSERT_EQ(got.specs.size(), 1u);
+  EXPECT_EQ(got.reload, std::vector<std::string>{"s2"});
+  EXPECT_EQ(got.spec_problem, "");
+  DispatchMsg only_reload(sent.jobs);
+  only_reload.reload = {"s1", "s2"};
+  EXPECT_EQ(decode_dispatch(encode(only_reload)).reload, only_reload.reload);
+  EXPECT_TRUE(decode_dispatch(encode(DispatchMsg(sent.jobs))).reload.empty());
+
+  // An unreadable reload list: every sweep of the jobs is read from Redis, and it is said.
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> packer(buffer);
+  packer.pack_map(2);
+  packer.pack(std::string("jobs"));
+  packer.pack_array(1);
+  packer.pack_array(3);
+  packer.pack(std::string("s3"));
+  packer.pack(7);
+  packer.pack(1);
+  packer.pack(std::string("reload"));
+  packer.pack(std::string("s3"));
+  const auto bad = decode_dispatch(std::string(buffer.data(), buffer.size()));
+  EXPECT_EQ(bad.jobs, (std::vector<JobRef>{{"s3", 7, 1}}));
+  EXPECT_EQ(bad.reload, std::vector<std::string>{"s3"});
+  EXPECT_THAT(bad.spec_problem,
+              HasSubstr("DISPATCH: field 'reload': expected array of strings, got"));
 }
 
 TEST(Protocol, DoneRetryDelayMustBeUnsigned) {

@@ -114,7 +114,12 @@ struct DispatchMsg {
   // see encode_spec()); decoded into `specs`.
   std::vector<std::pair<std::string, std::string>> spec_bodies;
   std::vector<std::pair<std::string, Json>> specs;
-  std::string spec_problem;  // decoded: why `specs` was unreadable (then empty); "" if it was
+  // Sweeps among `jobs` new to this worker whose spec is not in `specs`: a spec the worker kept
+  // for that id must not be used (the id may name a new sweep now); it is read from Redis.
+  std::vector<std::string> reload;
+  // Decoded: why `specs` or `reload` was unreadable, "" if they were. Unreadable specs are
+  // dropped; an unreadable `reload` becomes every sweep among `jobs`.
+  std::string spec_problem;
 };
 
 // DRAIN: jobs a stopping worker hands back unstarted (run them elsewhere, same attempt).
