@@ -604,13 +604,8 @@ TEST(Chaos, RedisRestartedMidSweep) {
   }
   // A clean shutdown loses nothing: looking for lost records in the running sweep finds none.
   EXPECT_THAT(cluster.logs(), HasSubstr("looking for records it lost (running sweeps: 1)"));
-  Json status;
-  EXPECT_TRUE(wait_until(
-      [&] {
-        status = Json::parse(redis->command({"GET", "simq:broker"}).str, nullptr, false);
-        return status.is_object();
-      },
-      10s));
+  const Json status = broker_status(*redis, 10s);
+  ASSERT_TRUE(status.is_object()) << "no broker status";
   EXPECT_EQ(status.value("records_lost", -1), 0) << status.dump();
   fmt::print(
       "[chaos] redis_restart: jobs={} outage_ms={} succeeded_at_restart={} lost={} "

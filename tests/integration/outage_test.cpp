@@ -79,14 +79,8 @@ TEST(Outage, FrozenRedisLosesNothingAndNoWorkerIsDeclaredDead) {
   EXPECT_EQ(redis->command({"HLEN", "simq:sweep:" + sweep + ":jobs"}).integer, 200);
   expect_each_job_announced_once(*redis, sweep, 200);
   // The broker's snapshot comes back within its 2 s retry interval.
-  Json status;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        const auto reply = redis->command({"GET", "simq:broker"});
-        if (!reply.is_nil()) status = Json::parse(reply.str);
-        return !reply.is_nil();
-      },
-      10s));
+  const Json status = broker_status(*redis, 10s);
+  ASSERT_TRUE(status.is_object()) << cluster.logs();
   EXPECT_EQ(status["workers_lost"], 0) << cluster.logs();
   EXPECT_EQ(status["workers"].size(), 2u);
   // The same Redis process came back: the broker does not look for lost records.
@@ -232,14 +226,8 @@ TEST(Outage, JobsWhoseRecordsARestartedRedisLostRunAgain) {
       << logs;
   EXPECT_THAT(logs, Not(HasSubstr("none of its jobs is queued here")))
       << "the sweep ended before Redis answered again: the test missed its point";
-  Json status;
-  ASSERT_TRUE(wait_until(
-      [&] {
-        const auto reply = redis->command({"GET", "simq:broker"});
-        if (!reply.is_nil()) status = Json::parse(reply.str);
-        return !reply.is_nil();
-      },
-      10s));
+  const Json status = broker_status(*redis, 10s);
+  ASSERT_TRUE(status.is_object()) << logs;
   EXPECT_GE(status["records_lost"].get<int>(), before_restart - after_restart) << status.dump();
   // Jobs the broker held (queued, in flight) are not among them: at 200 jobs/s, fewer than 50
   // can finish between the count before the restart and Redis stopping.

@@ -34,12 +34,6 @@ using ::testing::HasSubstr;
 // dispatches beyond the worker's slots): without CREDIT the worker does not hand it back.
 const std::vector<std::string> kNoCredit = {"--max-prefetch", "0"};
 
-// The broker's status snapshot (docs/redis-schema.md), or null if there is none yet.
-Json broker_status(Redis& redis) {
-  const auto reply = redis.command({"GET", "simq:broker"});
-  return reply.is_nil() ? Json() : Json::parse(reply.str, nullptr, false);
-}
-
 // Broker entries of the worker whose name ("host:pid") ends in ":<pid>".
 std::vector<Json> entries_of(const Json& status, pid_t pid) {
   std::vector<Json> entries;

@@ -122,6 +122,18 @@ std::string trim(std::string text) {
   return text;
 }
 
+Json broker_status(Redis& redis, std::chrono::milliseconds wait) {
+  Json status;
+  wait_until(
+      [&] {
+        const auto reply = redis.command({"GET", "simq:broker"});
+        status = reply.is_nil() ? Json() : Json::parse(reply.str, nullptr, false);
+        return status.is_object();
+      },
+      wait);
+  return status.is_object() ? status : Json();
+}
+
 std::string command_line(int pid) {
   auto cmdline = read_file(fmt::format("/proc/{}/cmdline", pid));
   for (auto& c : cmdline) {
@@ -330,9 +342,7 @@ void TestCluster::restart_worker(size_t i, int signal) {
 
 int TestCluster::connected_workers() {
   auto redis = redis_.connect();
-  const auto reply = redis->command({"GET", "simq:broker"});
-  if (reply.is_nil()) return -1;
-  const auto status = Json::parse(reply.str, nullptr, false);
+  const Json status = broker_status(*redis);
   if (!status.is_object() || !status.contains("workers")) return -1;
   return static_cast<int>(status["workers"].size());
 }

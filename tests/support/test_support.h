@@ -77,6 +77,10 @@ std::string read_file(const std::string& path);
 // `text` without the newlines and spaces it ends with (a command's output, say).
 std::string trim(std::string text);
 
+// The broker's status snapshot (docs/redis-schema.md); null if there is none, or none readable
+// within `wait`.
+Json broker_status(Redis& redis, std::chrono::milliseconds wait = std::chrono::milliseconds(0));
+
 // Pids of processes whose command line contains `needle` (to prove none was left behind).
 // redis-server rewrites its command line to "redis-server 127.0.0.1:<port>".
 std::vector<int> processes_matching(const std::string& needle);
