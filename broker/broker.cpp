@@ -30,22 +30,6 @@ std::chrono::milliseconds redis_call_timeout(int heartbeat_ms) {
 // many HSCAN batches, and no worker waits for heartbeats yet.
 constexpr std::chrono::milliseconds kSweepReadTimeout{5000};
 
-// Raises a connection's reply timeout for a scope.
-class ScopedTimeout {
- public:
-  ScopedTimeout(Redis& redis, std::chrono::milliseconds timeout)
-      : redis_(redis), previous_(redis.timeout()) {
-    redis_.set_timeout(timeout);
-  }
-  ~ScopedTimeout() { redis_.set_timeout(previous_); }
-  ScopedTimeout(const ScopedTimeout&) = delete;
-  ScopedTimeout& operator=(const ScopedTimeout&) = delete;
-
- private:
-  Redis& redis_;
-  std::chrono::milliseconds previous_;
-};
-
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -658,6 +642,10 @@ void Broker::redis_failed(const Error& error) {
   if (outage_.since != 0) return;
   outage_.since = unix_time();
   ++outage_.outages;
+  // A reconciliation under way is started over when Redis answers: Redis may be another
+  // server process by then, and sweeps already looked at must be looked at again.
+  reconcile_queue_.clear();
+  reconcile_due_ = false;
   spdlog::warn("Redis at {} is unreachable ({}); queued and running jobs are kept, retrying",
                options_.redis.url(), error.what());
 }

@@ -229,13 +229,16 @@ uint64_t Dispatcher::in_flight_of(const std::string& sweep) const {
 
 std::vector<JobRun> uncovered_runs(std::vector<std::pair<uint64_t, uint64_t>> covered,
                                    uint64_t total,
-                                   const std::vector<std::pair<uint64_t, uint32_t>>& fences) {
+                                   std::vector<std::pair<uint64_t, uint32_t>> fences) {
   std::sort(covered.begin(), covered.end());
+  std::sort(fences.begin(), fences.end());  // a job's repeats end with its highest attempt
   std::vector<JobRun> runs;
   auto fence = fences.begin();
   const auto add_gap = [&](uint64_t first, uint64_t end) {
     for (; fence != fences.end() && fence->first < end; ++fence) {
-      if (fence->first < first) continue;  // covered, or a repeat of the one just queued
+      if (fence->first < first) continue;  // covered
+      const auto last = std::next(fence);
+      if (last != fences.end() && last->first == fence->first) continue;  // a higher one follows
       if (fence->first > first) runs.push_back(JobRun{first, fence->first - first, 1});
       runs.push_back(JobRun{fence->first, 1, fence->second});
       first = fence->first + 1;
@@ -246,7 +249,7 @@ std::vector<JobRun> uncovered_runs(std::vector<std::pair<uint64_t, uint64_t>> co
   for (const auto& [first, count] : covered) {
     if (first >= total) break;
     if (first > next) add_gap(next, first);
-    next = std::max(next, first + count);
+    next = std::max(next, count > total - first ? total : first + count);
   }
   if (next < total) add_gap(next, total);
   return runs;

@@ -33,10 +33,11 @@ struct JobRun {
 
 // The jobs of [0, total) in none of the `covered` ranges ((first, count), in any order, may
 // overlap), in index order: runs at attempt 1, except the jobs `fences` lists ((index,
-// attempt) sorted by index; repeats allowed), each a run of its own at its attempt.
+// attempt), in any order; of a job listed twice, the higher attempt), each a run of its own
+// at its attempt.
 std::vector<JobRun> uncovered_runs(std::vector<std::pair<uint64_t, uint64_t>> covered,
                                    uint64_t total,
-                                   const std::vector<std::pair<uint64_t, uint32_t>>& fences = {});
+                                   std::vector<std::pair<uint64_t, uint32_t>> fences = {});
 
 class Dispatcher {
  public:

@@ -538,17 +538,12 @@ void Store::scan_hash(
 
 std::vector<StreamEvent> Store::read_events(const std::string& sweep, const std::string& after,
                                             std::chrono::milliseconds block, size_t count) {
-  const auto timeout = redis_.timeout();
-  redis_.set_timeout(block + timeout);
   RedisReply reply;
-  try {
+  {
+    const ScopedTimeout longer(redis_, block + redis_.timeout());
     reply = redis_.command({"XREAD", "COUNT", std::to_string(count), "BLOCK",
                             std::to_string(block.count()), "STREAMS", events_key(sweep), after});
-  } catch (...) {
-    redis_.set_timeout(timeout);
-    throw;
   }
-  redis_.set_timeout(timeout);
   std::vector<StreamEvent> events;
   if (reply.type != RedisReply::Type::kArray || reply.elements.empty()) return events;
   const auto& entries = reply.elements[0].elements.at(1).elements;

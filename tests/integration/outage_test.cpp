@@ -229,9 +229,9 @@ TEST(Outage, JobsWhoseRecordsARestartedRedisLostRunAgain) {
   const Json status = broker_status(*redis, 10s);
   ASSERT_TRUE(status.is_object()) << logs;
   EXPECT_GE(status["records_lost"].get<int>(), before_restart - after_restart) << status.dump();
-  // Jobs the broker held (queued, in flight) are not among them: at 200 jobs/s, fewer than 50
+  // Jobs the broker held (queued, in flight) are not among them: at 200 jobs/s, fewer than 100
   // can finish between the count before the restart and Redis stopping.
-  EXPECT_LE(status["records_lost"].get<int>(), before_restart - after_restart + 50)
+  EXPECT_LE(status["records_lost"].get<int>(), before_restart - after_restart + 100)
       << status.dump();
 }
 

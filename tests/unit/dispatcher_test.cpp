@@ -254,6 +254,11 @@ TEST(UncoveredRuns, AreTheGapsBetweenCoveredRangesWithFencedJobsOnTheirOwn) {
             (Runs{{0, 1, 1}, {1, 1, 2}, {2, 1, 1}, {5, 1, 3}, {6, 3, 1}, {9, 1, 2}}));
   EXPECT_EQ(uncovered_runs({}, 3, {{0, 2}, {1, 2}, {2, 2}}),
             (Runs{{0, 1, 2}, {1, 1, 2}, {2, 1, 2}}));
+  // Fences in any order; a job fenced twice runs at the higher attempt.
+  EXPECT_EQ(uncovered_runs({}, 4, {{2, 5}, {1, 3}, {2, 4}}),
+            (Runs{{0, 1, 1}, {1, 1, 3}, {2, 1, 5}, {3, 1, 1}}));
+  // A range whose end does not fit in 64 bits covers the rest.
+  EXPECT_EQ(uncovered_runs({{2, UINT64_MAX}, {0, 1}}, 10), (Runs{{1, 1, 1}}));
 }
 
 TEST(Dispatcher, FifoWithinAndAcrossSweeps) {

@@ -86,4 +86,20 @@ class Redis {
   std::unique_ptr<redisContext, ContextFree> context_;
 };
 
+// Sets a connection's reply timeout for a scope, and puts the previous one back.
+class ScopedTimeout {
+ public:
+  ScopedTimeout(Redis& redis, std::chrono::milliseconds timeout)
+      : redis_(redis), previous_(redis.timeout()) {
+    redis_.set_timeout(timeout);
+  }
+  ~ScopedTimeout() { redis_.set_timeout(previous_); }
+  ScopedTimeout(const ScopedTimeout&) = delete;
+  ScopedTimeout& operator=(const ScopedTimeout&) = delete;
+
+ private:
+  Redis& redis_;
+  std::chrono::milliseconds previous_;
+};
+
 }  // namespace simq
