@@ -935,6 +935,11 @@ std::shared_ptr<const SweepSpec> Worker::cached_spec(const std::string& sweep) {
 }
 
 Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
+  uint64_t news = 0;
+  {
+    const std::lock_guard lock(specs_mutex_);
+    news = spec_news_;
+  }
   const auto info = spec_store_.sweep(sweep);
   if (!info) return SpecLookup::not_found();
   std::shared_ptr<const SweepSpec> spec;
@@ -948,18 +953,25 @@ Worker::SpecLookup Worker::fetch_sweep(const std::string& sweep) {
   } catch (const std::exception& e) {
     return SpecLookup::unreadable(e.what(), info->kernel);
   }
-  cache_spec(sweep, spec);
+  cache_spec(sweep, spec, news);
   return SpecLookup::found(std::move(spec));
 }
 
 void Worker::forget_cached_spec(const std::string& sweep) {
   const std::lock_guard lock(specs_mutex_);
+  ++spec_news_;
   if (specs_.erase(sweep) > 0) std::erase(spec_order_, sweep);
 }
 
-void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec) {
-  if (options_.max_cached_sweeps == 0) return;
+void Worker::cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec,
+                        std::optional<uint64_t> news) {
   const std::lock_guard lock(specs_mutex_);
+  if (!news) {
+    ++spec_news_;  // from a DISPATCH
+  } else if (*news != spec_news_) {
+    return;  // read from Redis before a DISPATCH said something of specs: read it again
+  }
+  if (options_.max_cached_sweeps == 0) return;
   if (const auto [it, added] = specs_.try_emplace(sweep, spec); !added) {
     it->second = std::move(spec);
     return;

@@ -224,10 +224,14 @@ class Worker {
   JobWrite failed_job(const JobRef& job, const std::string& kernel, const std::string& error);
   SpecLookup lookup_sweep(const std::string& sweep, const std::stop_token& stop);
   std::shared_ptr<const SweepSpec> cached_spec(const std::string& sweep);
-  // Drops a kept spec: the next job of the sweep reads it from Redis.
+  // A DISPATCH says a kept spec may be another sweep's: the next job of the sweep reads it
+  // from Redis.
   void forget_cached_spec(const std::string& sweep);
-  // Keeps a spec (from Redis or a DISPATCH); the oldest goes past options_.max_cached_sweeps.
-  void cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec);
+  // Keeps a spec: one a DISPATCH carried (no `news`), or one read from Redis, unless a DISPATCH
+  // said anything of specs since `news` (spec_news_ before the read). The oldest goes past
+  // options_.max_cached_sweeps.
+  void cache_spec(const std::string& sweep, std::shared_ptr<const SweepSpec> spec,
+                  std::optional<uint64_t> news = std::nullopt);
   // Reads a sweep from Redis and caches its spec; throws as Store::sweep() does. Called under
   // spec_store_mutex_.
   SpecLookup fetch_sweep(const std::string& sweep);
@@ -290,6 +294,9 @@ class Worker {
   std::mutex specs_mutex_;
   std::unordered_map<std::string, std::shared_ptr<const SweepSpec>> specs_;
   std::deque<std::string> spec_order_;  // insertion order, for eviction
+  // Counts what a DISPATCH said of specs (kept, dropped): a spec read from Redis before is not
+  // kept, since it may be the older sweep's of a reused id.
+  uint64_t spec_news_ = 0;
   std::mutex spec_store_mutex_;
   Store spec_store_;
 
