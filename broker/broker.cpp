@@ -228,6 +228,10 @@ bool Broker::requeue_lost_records(const std::string& id) {
     }
     lost += run.count;
   }
+  // Their records may yet be lost: written to the old server, reported after this look.
+  if (auto in_flight = dispatcher_.in_flight_indices(id); !in_flight.empty()) {
+    suspects_[id].insert(in_flight.begin(), in_flight.end());
+  }
   if (lost > 0) {
     counters_.records_lost += lost;
     spdlog::warn(
@@ -236,6 +240,23 @@ bool Broker::requeue_lost_records(const std::string& id) {
         id, lost);
   }
   return true;
+}
+
+void Broker::recheck_record(const JobRef& job) {
+  bool recorded = false;
+  try {
+    recorded = store_.job_record(job.sweep, job.index).has_value();
+    redis_answered();
+  } catch (const Error& e) {
+    redis_failed(e);  // cannot tell: it runs again rather than be lost
+  }
+  if (recorded || cancelled_.contains(job.sweep)) return;
+  ++counters_.records_lost;
+  spdlog::warn(
+      "job {} was reported after Redis was replaced, but Redis has no record of it (written to "
+      "the server before?): queued to run again",
+      job_id(job.sweep, job.index));
+  dispatcher_.add_job(job);  // its fence cannot be above the attempt that was in flight here
 }
 
 void Broker::begin_serving(const std::string& id, const Json& spec) {
@@ -272,6 +293,7 @@ void Broker::reconcile() {
       checking_lost_ = run_id.empty() || run_id != redis_run_id_;
       checking_run_id_ = run_id;
       if (checking_lost_) {
+        suspects_.clear();
         spdlog::warn(
             "Redis at {} is not the server process it was (restarted, or failed over): looking "
             "for records it lost (running sweeps: {})",
@@ -498,6 +520,12 @@ void Broker::on_backend(const Envelope& message) {
             delayed_.emplace_back(now + delay + 1,
                                   JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
             std::push_heap(delayed_.begin(), delayed_.end(), Later{});
+          } else if (!suspects_.empty()) {
+            const auto sweep = suspects_.find(job.job.sweep);
+            if (sweep != suspects_.end() && sweep->second.erase(job.job.index) > 0) {
+              if (sweep->second.empty()) suspects_.erase(sweep);
+              recheck_record(job.job);
+            }
           }
           continue;
         }

@@ -265,6 +265,15 @@ void Dispatcher::held_of(const std::string& sweep,
     if (key.sweep == known->second) ranges.emplace_back(key.index, 1);
 }
 
+std::vector<uint64_t> Dispatcher::in_flight_indices(const std::string& sweep) const {
+  std::vector<uint64_t> indices;
+  const auto known = sweep_handles_.find(sweep);
+  if (known == sweep_handles_.end()) return indices;
+  for (const auto& [key, record] : in_flight_)
+    if (key.sweep == known->second) indices.push_back(key.index);
+  return indices;
+}
+
 bool Dispatcher::has_sweep(const std::string& sweep) const {
   return sweep_handles_.contains(sweep);  // interned while entries or in-flight jobs name it
 }

@@ -189,6 +189,38 @@ TEST(Lease, ASweepWhoseSpecDoesNotComeAlongIsToBeReadFromRedis) {
   EXPECT_TRUE(second.reload.empty()) << "told once per worker";
 }
 
+TEST(Lease, ADoneSlowerThanARedisRestartIsCheckedForItsRecord) {
+  // The worker writes job 0's record; Redis then crashes and comes back from a snapshot taken
+  // before that write; the worker's DONE reaches the broker only after it looked into the
+  // sweep (job 0 was in flight then, so not missing). Its record is gone: it runs again. (The
+  // scripted worker heartbeats only while it reads: a liveness of 10 s outlasts the restart.)
+  TestCluster cluster({.workers = 0, .heartbeat_ms = 1000, .liveness = 10});
+  zmq::context_t context;
+  Peer worker(context, cluster.backend());
+  worker.hello("scripted:1", 1);
+  const auto sweep = submit(cluster, "kernel = \"noop\"\n[grid]\ni = [1, 2]\n");
+  ASSERT_EQ(worker.dispatched(), (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+  auto redis = cluster.redis().connect();
+  ASSERT_EQ(redis->command({"SAVE"}).str, "OK");
+  Store(RedisAddress::parse(cluster.redis().url()))
+      .finish({JobWrite{JobRef{sweep, 0, 1}, true, R"({"status": "succeeded"})", false}});
+  ASSERT_EQ(redis->command({"HLEN", jobs_key(sweep)}).integer, 1);
+  cluster.redis().restart(/*appendonly=*/false);  // back from the snapshot: the record is gone
+  ASSERT_TRUE(wait_until(
+      [&] {
+        return cluster.logs().find("looking for records it lost (running sweeps: 1)") !=
+               std::string::npos;
+      },
+      10s))
+      << cluster.logs();
+
+  worker.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 0, 1}, true, std::nullopt}}}));
+  ASSERT_EQ(worker.dispatched(), (std::vector<JobRef>{{sweep, 1, 1}})) << cluster.logs();
+  worker.send(Command::kDone, encode(DoneMsg{{{JobRef{sweep, 1, 1}, true, std::nullopt}}}));
+  EXPECT_EQ(worker.dispatched(), (std::vector<JobRef>{{sweep, 0, 1}})) << cluster.logs();
+  EXPECT_THAT(cluster.logs(), HasSubstr("was reported after Redis was replaced"));
+}
+
 TEST(Lease, ALostWorkersJobRunsAsTheNextAttemptWithTheLossRecorded) {
   TestCluster cluster({.workers = 0, .heartbeat_ms = 100, .liveness = 3});
   zmq::context_t context;
