@@ -229,9 +229,7 @@ bool Broker::requeue_lost_records(const std::string& id) {
     lost += run.count;
   }
   // Their records may yet be lost: written to the old server, reported after this look.
-  if (auto in_flight = dispatcher_.in_flight_indices(id); !in_flight.empty()) {
-    suspects_[id].insert(in_flight.begin(), in_flight.end());
-  }
+  for (const auto& job : dispatcher_.in_flight_of_sweep(id)) suspects_[id][job.index] = job.attempt;
   if (lost > 0) {
     counters_.records_lost += lost;
     spdlog::warn(
@@ -242,21 +240,41 @@ bool Broker::requeue_lost_records(const std::string& id) {
   return true;
 }
 
-void Broker::recheck_record(const JobRef& job) {
-  bool recorded = false;
+void Broker::recheck_records(std::vector<JobRef> jobs) {
+  std::erase_if(jobs, [&](const JobRef& job) { return cancelled_.contains(job.sweep); });
+  if (jobs.empty()) return;
+  if (outage_.since != 0) {  // no reply is coming: asked again once Redis answers
+    unchecked_.insert(unchecked_.end(), jobs.begin(), jobs.end());
+    return;
+  }
+  std::vector<RedisArgs> reads;
+  reads.reserve(jobs.size());
+  for (const auto& job : jobs)
+    reads.push_back({"HEXISTS", jobs_key(job.sweep), std::to_string(job.index)});
+  std::vector<RedisReply> replies;
   try {
-    recorded = store_.job_record(job.sweep, job.index).has_value();
+    replies = store_.redis().pipeline(reads);
     redis_answered();
   } catch (const Error& e) {
-    redis_failed(e);  // cannot tell: it runs again rather than be lost
+    redis_failed(e);
+    unchecked_.insert(unchecked_.end(), jobs.begin(), jobs.end());
+    return;
   }
-  if (recorded || cancelled_.contains(job.sweep)) return;
-  ++counters_.records_lost;
-  spdlog::warn(
-      "job {} was reported after Redis was replaced, but Redis has no record of it (written to "
-      "the server before?): queued to run again",
-      job_id(job.sweep, job.index));
-  dispatcher_.add_job(job);  // its fence cannot be above the attempt that was in flight here
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto& job = jobs[i];
+    if (replies[i].type == RedisReply::Type::kInteger && replies[i].integer == 1) continue;
+    if (replies[i].type != RedisReply::Type::kInteger) {
+      spdlog::error("cannot check the record of job {}: {}; it runs again",
+                    job_id(job.sweep, job.index), replies[i].str);
+    } else {
+      ++counters_.records_lost;
+      spdlog::warn(
+          "job {} was reported after Redis was replaced, but Redis has no record of it (written "
+          "to the server before?): queued to run again",
+          job_id(job.sweep, job.index));
+    }
+    dispatcher_.add_job(job);  // its fence cannot be above the attempt that was in flight here
+  }
 }
 
 void Broker::begin_serving(const std::string& id, const Json& spec) {
@@ -268,6 +286,7 @@ void Broker::begin_serving(const std::string& id, const Json& spec) {
     remember_spec(id, encode_spec(spec));
   }
   if (cancelled_.erase(id) > 0) std::erase(cancelled_order_, id);
+  suspects_.erase(id);
 }
 
 void Broker::dispatch_early() {
@@ -293,7 +312,9 @@ void Broker::reconcile() {
       checking_lost_ = run_id.empty() || run_id != redis_run_id_;
       checking_run_id_ = run_id;
       if (checking_lost_) {
+        // Jobs reported since the last look and not checked yet are looked at with the rest.
         suspects_.clear();
+        unchecked_.clear();
         spdlog::warn(
             "Redis at {} is not the server process it was (restarted, or failed over): looking "
             "for records it lost (running sweeps: {})",
@@ -474,6 +495,7 @@ void Broker::on_cancel(const Envelope& message) {
 }
 
 void Broker::remember_cancelled(const std::string& sweep) {
+  suspects_.erase(sweep);  // its jobs do not run again
   if (!cancelled_.insert(sweep).second) return;
   cancelled_order_.push_back(sweep);
   if (cancelled_order_.size() > kRememberedCancels) {
@@ -509,6 +531,18 @@ void Broker::on_backend(const Envelope& message) {
     case Command::kDone: {
       const auto done = decode_done(message.body);
       liveness_.touch(worker, now);
+      std::vector<JobRef> suspected;  // reported with a record Redis may have lost
+      const auto suspect_reported = [&](const DoneJob& job, std::vector<JobRef>& out) {
+        const auto sweep = suspects_.find(job.job.sweep);
+        if (sweep == suspects_.end()) return;
+        const auto suspect = sweep->second.find(job.job.index);
+        if (suspect == sweep->second.end()) return;
+        // A retry has no record to check; another attempt than the one in flight at the look
+        // wrote nothing to the old server.
+        if (suspect->second == job.job.attempt && !job.retry_after_ms) out.push_back(job.job);
+        sweep->second.erase(suspect);
+        if (sweep->second.empty()) suspects_.erase(sweep);
+      };
       for (const auto& job : done.jobs) {
         if (dispatcher_.complete(worker, job.job)) {
           if (job.retry_after_ms) {
@@ -520,19 +554,15 @@ void Broker::on_backend(const Envelope& message) {
             delayed_.emplace_back(now + delay + 1,
                                   JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
             std::push_heap(delayed_.begin(), delayed_.end(), Later{});
-          } else if (!suspects_.empty()) {
-            const auto sweep = suspects_.find(job.job.sweep);
-            if (sweep != suspects_.end() && sweep->second.erase(job.job.index) > 0) {
-              if (sweep->second.empty()) suspects_.erase(sweep);
-              recheck_record(job.job);
-            }
           }
+          if (!suspects_.empty()) suspect_reported(job, suspected);
           continue;
         }
         // Not in flight here: a job of the worker's earlier session (frees a busy slot),
         // or a late or duplicate report.
         if (!dispatcher_.release_busy(worker)) ++counters_.late_done;
       }
+      if (!suspected.empty()) recheck_records(std::move(suspected));
       return;
     }
     case Command::kHeartbeat:
@@ -863,6 +893,7 @@ void Broker::run() {
     const int64_t read_at = now_ms();  // workers' messages up to here are read
     release_due_retries(read_at);
     fence_pending();
+    if (!unchecked_.empty() && outage_.since == 0) recheck_records(std::exchange(unchecked_, {}));
     if (reconcile_due_) reconcile();
     dispatch();
     const int64_t now = now_ms();

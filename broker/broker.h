@@ -98,9 +98,10 @@ class Broker {
   // its last writes, a restart from an older snapshot). Returns whether it looked (false for a
   // sweep not running in Redis or cancelled here).
   bool requeue_lost_records(const std::string& id);
-  // A job in flight when its sweep was looked into for lost records was reported: its worker
-  // may have written its record to the Redis before. If Redis has none, it runs again.
-  void recheck_record(const JobRef& job);
+  // Jobs in flight when their sweep was looked into for lost records were reported: their
+  // workers may have written the records to the Redis before. Those Redis has no record of run
+  // again; while Redis does not answer they wait in unchecked_.
+  void recheck_records(std::vector<JobRef> jobs);
   // After an outage, one sweep Redis has as running per call while reconcile_due_: adopts it
   // if it is not served here; else, if Redis is another server process than before, requeues
   // the jobs whose records it lost.
@@ -154,9 +155,11 @@ class Broker {
   std::string redis_run_id_;
   std::string checking_run_id_;
   bool checking_lost_ = false;
-  // Jobs in flight when their sweep was looked into for lost records, by sweep: their DONE is
-  // checked against Redis (recheck_record). Dropped when the next look begins.
-  std::unordered_map<std::string, std::unordered_set<uint64_t>> suspects_;
+  // Jobs in flight when their sweep was looked into for lost records (sweep -> index ->
+  // attempt): their DONE is checked against Redis (recheck_records). Dropped when the next
+  // look begins, and with their sweep when it is cancelled or its id used again.
+  std::unordered_map<std::string, std::unordered_map<uint64_t, uint32_t>> suspects_;
+  std::vector<JobRef> unchecked_;  // reported suspects not checked yet (Redis did not answer)
 
   // Jobs that will run as a higher attempt once their fence is in Redis (lost workers,
   // recovered running jobs, retries whose delay is over), oldest first.

@@ -265,13 +265,13 @@ void Dispatcher::held_of(const std::string& sweep,
     if (key.sweep == known->second) ranges.emplace_back(key.index, 1);
 }
 
-std::vector<uint64_t> Dispatcher::in_flight_indices(const std::string& sweep) const {
-  std::vector<uint64_t> indices;
+std::vector<JobRef> Dispatcher::in_flight_of_sweep(const std::string& sweep) const {
+  std::vector<JobRef> jobs;
   const auto known = sweep_handles_.find(sweep);
-  if (known == sweep_handles_.end()) return indices;
+  if (known == sweep_handles_.end()) return jobs;
   for (const auto& [key, record] : in_flight_)
-    if (key.sweep == known->second) indices.push_back(key.index);
-  return indices;
+    if (key.sweep == known->second) jobs.push_back(JobRef{sweep, key.index, record.attempt});
+  return jobs;
 }
 
 bool Dispatcher::has_sweep(const std::string& sweep) const {

@@ -111,8 +111,8 @@ class Dispatcher {
   // Appends the jobs of a sweep queued or in flight as [first, first+count) ranges, in no
   // particular order. O(queue entries + jobs in flight).
   void held_of(const std::string& sweep, std::vector<std::pair<uint64_t, uint64_t>>& ranges) const;
-  // The indices of a sweep's jobs in flight, in no particular order. O(jobs in flight).
-  std::vector<uint64_t> in_flight_indices(const std::string& sweep) const;
+  // A sweep's jobs in flight, with their attempts, in no particular order. O(jobs in flight).
+  std::vector<JobRef> in_flight_of_sweep(const std::string& sweep) const;
   size_t workers() const;
 
  private:
