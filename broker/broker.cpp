@@ -262,10 +262,19 @@ void Broker::recheck_records(std::vector<JobRef> jobs) {
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
     const auto& job = jobs[i];
-    if (replies[i].type == RedisReply::Type::kInteger && replies[i].integer == 1) continue;
-    if (replies[i].type != RedisReply::Type::kInteger) {
-      spdlog::error("cannot check the record of job {}: {}; it runs again",
-                    job_id(job.sweep, job.index), replies[i].str);
+    if (replies[i].type == RedisReply::Type::kError) {
+      try {
+        store_.redis().throw_error("HEXISTS", replies[i].str);
+      } catch (const ConnectError& e) {  // not ready yet (LOADING...): asked again later
+        redis_failed(e);
+        unchecked_.push_back(job);
+        continue;
+      } catch (const StoreError& e) {
+        spdlog::error("cannot check the record of job {}: {}; it runs again",
+                      job_id(job.sweep, job.index), e.what());
+      }
+    } else if (replies[i].type == RedisReply::Type::kInteger && replies[i].integer == 1) {
+      continue;
     } else {
       ++counters_.records_lost;
       spdlog::warn(
