@@ -255,9 +255,14 @@ void Broker::recheck_records(std::vector<JobRef> jobs) {
   try {
     replies = store_.redis().pipeline(reads);
     redis_answered();
-  } catch (const Error& e) {
+  } catch (const ConnectError& e) {
     redis_failed(e);
     unchecked_.insert(unchecked_.end(), jobs.begin(), jobs.end());
+    return;
+  } catch (const Error& e) {  // cannot be checked: they run again rather than be lost
+    spdlog::error("cannot check the records of {} reported jobs: {}; they run again", jobs.size(),
+                  e.what());
+    for (const auto& job : jobs) dispatcher_.add_job(job);
     return;
   }
   for (size_t i = 0; i < jobs.size(); ++i) {
@@ -295,7 +300,7 @@ void Broker::begin_serving(const std::string& id, const Json& spec) {
     remember_spec(id, encode_spec(spec));
   }
   if (cancelled_.erase(id) > 0) std::erase(cancelled_order_, id);
-  suspects_.erase(id);
+  forget_suspects(id);
 }
 
 void Broker::dispatch_early() {
@@ -503,8 +508,13 @@ void Broker::on_cancel(const Envelope& message) {
   }
 }
 
+void Broker::forget_suspects(const std::string& sweep) {
+  suspects_.erase(sweep);
+  std::erase_if(unchecked_, [&](const JobRef& job) { return job.sweep == sweep; });
+}
+
 void Broker::remember_cancelled(const std::string& sweep) {
-  suspects_.erase(sweep);  // its jobs do not run again
+  forget_suspects(sweep);  // its jobs do not run again
   if (!cancelled_.insert(sweep).second) return;
   cancelled_order_.push_back(sweep);
   if (cancelled_order_.size() > kRememberedCancels) {

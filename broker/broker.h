@@ -102,6 +102,8 @@ class Broker {
   // workers may have written the records to the Redis before. Those Redis has no record of run
   // again; while Redis does not answer they wait in unchecked_.
   void recheck_records(std::vector<JobRef> jobs);
+  // A sweep cancelled, or its id used again: its jobs are checked no more.
+  void forget_suspects(const std::string& sweep);
   // After an outage, one sweep Redis has as running per call while reconcile_due_: adopts it
   // if it is not served here; else, if Redis is another server process than before, requeues
   // the jobs whose records it lost.
