@@ -551,14 +551,14 @@ void Broker::on_backend(const Envelope& message) {
       const auto done = decode_done(message.body);
       liveness_.touch(worker, now);
       std::vector<JobRef> suspected;  // reported with a record Redis may have lost
-      const auto suspect_reported = [&](const DoneJob& job, std::vector<JobRef>& out) {
+      const auto suspect_reported = [&](const DoneJob& job) {
         const auto sweep = suspects_.find(job.job.sweep);
         if (sweep == suspects_.end()) return;
         const auto suspect = sweep->second.find(job.job.index);
         if (suspect == sweep->second.end()) return;
         // A retry has no record to check; another attempt than the one in flight at the look
         // wrote nothing to the old server.
-        if (suspect->second == job.job.attempt && !job.retry_after_ms) out.push_back(job.job);
+        if (suspect->second == job.job.attempt && !job.retry_after_ms) suspected.push_back(job.job);
         sweep->second.erase(suspect);
         if (sweep->second.empty()) suspects_.erase(sweep);
       };
@@ -574,7 +574,7 @@ void Broker::on_backend(const Envelope& message) {
                                   JobRef{job.job.sweep, job.job.index, job.job.attempt + 1});
             std::push_heap(delayed_.begin(), delayed_.end(), Later{});
           }
-          if (!suspects_.empty()) suspect_reported(job, suspected);
+          if (!suspects_.empty()) suspect_reported(job);
           continue;
         }
         // Not in flight here: a job of the worker's earlier session (frees a busy slot),

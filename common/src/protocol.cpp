@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -390,8 +391,9 @@ DispatchMsg decode_dispatch(std::string_view body) {
     // Which sweeps are new to this worker is unknown: no spec it kept for any sweep of these
     // jobs is trusted, each is read from Redis.
     msg.reload.clear();
-    for (const auto& job : msg.jobs)
-      if (msg.reload.empty() || msg.reload.back() != job.sweep) msg.reload.push_back(job.sweep);
+    for (const auto& job : msg.jobs) msg.reload.push_back(job.sweep);
+    std::sort(msg.reload.begin(), msg.reload.end());
+    msg.reload.erase(std::unique(msg.reload.begin(), msg.reload.end()), msg.reload.end());
   }
   return msg;
 }
