@@ -27,6 +27,15 @@ std::string protocol_error(F&& f) {
   return "<no ProtocolError>";
 }
 
+// The bytes `pack` writes with a MessagePack packer: messages no encoder here would produce.
+template <typename F>
+std::string packed(F&& pack) {
+  msgpack::sbuffer buffer;
+  msgpack::packer<msgpack::sbuffer> p(buffer);
+  pack(p);
+  return std::string(buffer.data(), buffer.size());
+}
+
 TEST(Protocol, SubmitRoundTrips) {
   SubmitMsg msg{7, "abc123", Json::parse(R"({"kernel":"fib","params":{"n":[1,2.5,"x",null]}})")};
   const auto back = decode_submit(encode(msg));
@@ -136,18 +145,17 @@ TEST(Protocol, DispatchMayTellTheWorkerToReadSpecsFromRedis) {
   EXPECT_TRUE(decode_dispatch(encode(DispatchMsg(sent.jobs))).reload.empty());
 
   // An unreadable reload list: every sweep of the jobs is read from Redis, and it is said.
-  msgpack::sbuffer buffer;
-  msgpack::packer<msgpack::sbuffer> packer(buffer);
-  packer.pack_map(2);
-  packer.pack(std::string("jobs"));
-  packer.pack_array(1);
-  packer.pack_array(3);
-  packer.pack(std::string("s3"));
-  packer.pack(7);
-  packer.pack(1);
-  packer.pack(std::string("reload"));
-  packer.pack(std::string("s3"));
-  const auto bad = decode_dispatch(std::string(buffer.data(), buffer.size()));
+  const auto bad = decode_dispatch(packed([](auto& p) {
+    p.pack_map(2);
+    p.pack(std::string("jobs"));
+    p.pack_array(1);
+    p.pack_array(3);
+    p.pack(std::string("s3"));
+    p.pack(7);
+    p.pack(1);
+    p.pack(std::string("reload"));
+    p.pack(std::string("s3"));
+  }));
   EXPECT_EQ(bad.jobs, (std::vector<JobRef>{{"s3", 7, 1}}));
   EXPECT_EQ(bad.reload, std::vector<std::string>{"s3"});
   EXPECT_THAT(bad.spec_problem,
@@ -156,19 +164,19 @@ TEST(Protocol, DispatchMayTellTheWorkerToReadSpecsFromRedis) {
 
 TEST(Protocol, DoneRetryDelayMustBeUnsigned) {
   // [sweep, index, attempt, ok, retry_after_ms] with a string where the delay belongs.
-  msgpack::sbuffer buffer;
-  msgpack::packer<msgpack::sbuffer> p(buffer);
-  p.pack_map(1);
-  p.pack(std::string("jobs"));
-  p.pack_array(1);
-  p.pack_array(5);
-  p.pack(std::string("s"));
-  p.pack(uint64_t{1});
-  p.pack(uint64_t{1});
-  p.pack(false);
-  p.pack(std::string("soon"));
+  const std::string body = packed([](auto& p) {
+    p.pack_map(1);
+    p.pack(std::string("jobs"));
+    p.pack_array(1);
+    p.pack_array(5);
+    p.pack(std::string("s"));
+    p.pack(uint64_t{1});
+    p.pack(uint64_t{1});
+    p.pack(false);
+    p.pack(std::string("soon"));
+  });
   try {
-    decode_done(std::string_view(buffer.data(), buffer.size()));
+    decode_done(body);
     FAIL() << "a string retry delay was accepted";
   } catch (const ProtocolError& e) {
     EXPECT_THAT(e.what(), ::testing::HasSubstr("retry_after_ms"));
@@ -184,14 +192,13 @@ TEST(Protocol, CommandNamesRoundTrip) {
 }
 
 TEST(Protocol, MissingAndMistypedFieldsAreNamed) {
-  msgpack::sbuffer buffer;
-  msgpack::packer<msgpack::sbuffer> p(buffer);
-  p.pack_map(2);
-  p.pack(std::string("name"));
-  p.pack(std::string("w"));
-  p.pack(std::string("slots"));
-  p.pack(std::string("four"));
-  const std::string hello(buffer.data(), buffer.size());
+  const std::string hello = packed([](auto& p) {
+    p.pack_map(2);
+    p.pack(std::string("name"));
+    p.pack(std::string("w"));
+    p.pack(std::string("slots"));
+    p.pack(std::string("four"));
+  });
   EXPECT_THAT(protocol_error([&] { decode_hello(hello); }),
               HasSubstr("HELLO: field 'slots': expected unsigned integer, got string"));
   EXPECT_THAT(protocol_error([&] { decode_submit(encode(PingMsg{1})); }),
@@ -217,16 +224,16 @@ TEST(Protocol, SweepIdsAreRestricted) {
 }
 
 TEST(Protocol, BadJobEntriesAreRefused) {
-  msgpack::sbuffer buffer;
-  msgpack::packer<msgpack::sbuffer> p(buffer);
-  p.pack_map(1);
-  p.pack(std::string("jobs"));
-  p.pack_array(1);
-  p.pack_array(3);
-  p.pack(std::string("s"));
-  p.pack(-4);
-  p.pack(1);
-  EXPECT_THAT(protocol_error([&] { decode_dispatch(std::string(buffer.data(), buffer.size())); }),
+  const std::string dispatch = packed([](auto& p) {
+    p.pack_map(1);
+    p.pack(std::string("jobs"));
+    p.pack_array(1);
+    p.pack_array(3);
+    p.pack(std::string("s"));
+    p.pack(-4);
+    p.pack(1);
+  });
+  EXPECT_THAT(protocol_error([&] { decode_dispatch(dispatch); }),
               HasSubstr("field 'jobs[].index': expected unsigned integer, got negative integer"));
 }
 
@@ -256,24 +263,23 @@ TEST(Codec, RefusesDeepNesting) {
 }
 
 TEST(Codec, RefusesNonStringMapKeysInJson) {
-  msgpack::sbuffer buffer;
-  msgpack::packer<msgpack::sbuffer> p(buffer);
-  p.pack_map(1);
-  p.pack(1);
-  p.pack(2);
-  const auto handle = unpack(std::string_view(buffer.data(), buffer.size()));
+  const std::string bytes = packed([](auto& p) {
+    p.pack_map(1);
+    p.pack(1);
+    p.pack(2);
+  });
+  const auto handle = unpack(bytes);
   EXPECT_THAT(protocol_error([&] { to_json(handle.get(), "params"); }),
               HasSubstr("params: map keys must be strings, got unsigned integer"));
 }
 
 TEST(Codec, RefusesInvalidUtf8InStringsAndKeys) {
   const auto body = [](const std::string& key, const std::string& value) {
-    msgpack::sbuffer buffer;
-    msgpack::packer<msgpack::sbuffer> p(buffer);
-    p.pack_map(1);
-    p.pack(key);
-    p.pack(value);
-    return std::string(buffer.data(), buffer.size());
+    return packed([&](auto& p) {
+      p.pack_map(1);
+      p.pack(key);
+      p.pack(value);
+    });
   };
   const auto convert = [](const std::string& bytes) {
     const auto handle = unpack(bytes);
