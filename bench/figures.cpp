@@ -239,6 +239,7 @@ Json hop_breakdown(const std::string& path) {
                                      {hop::kWriterWritten, 7},  {hop::kSeen, 7}};
   std::unordered_map<std::string, std::vector<std::optional<int64_t>>> jobs;
   std::ifstream in(path);
+  if (!in) throw Error(fmt::format("latency --hops: cannot read the hop trace {}", path));
   int64_t at = 0;
   std::string name;
   std::string sweep;
@@ -251,6 +252,18 @@ Json hop_breakdown(const std::string& path) {
     stamps.resize(points.size());
     auto& stamp = stamps[static_cast<size_t>(point - points.begin())];
     if (!stamp || at < *stamp) stamp = at;
+  }
+  if (!in.eof()) {
+    throw Error(fmt::format(
+        "latency --hops: the hop trace {} has a line that is not \"<ns> <point> <sweep> <index>\" "
+        "after {} jobs' stamps",
+        path, jobs.size()));
+  }
+  if (jobs.empty()) {
+    throw Error(
+        fmt::format("latency --hops: the hop trace {} has no stamps ($SIMQ_HOP_TRACE did "
+                    "not reach the processes?)",
+                    path));
   }
 
   std::vector<std::vector<double>> since(points.size());
